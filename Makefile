@@ -1,0 +1,36 @@
+# The two commands a new machine needs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo model bench bench-quick clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q Testing
+
+demo: venv
+	$(VENV)/bin/livertumorseg demo --out demo_output
+
+# Rebuild the shipped default model in Resources/Models/default (reproducible: fixed seeds).
+model: venv
+	$(PY) scripts/build_default_model.py
+
+bench: venv
+	$(PY) benchmarks/small_data.py
+	$(PY) benchmarks/speed.py
+
+bench-quick: venv
+	$(PY) benchmarks/small_data.py --quick
+	$(PY) benchmarks/speed.py --quick
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache
