@@ -1,0 +1,146 @@
+"""Lesions: 26-connected components of a tumor mask, with the numbers a radiologist reads.
+
+A lesion's longest axial diameter is measured like a RECIST reading on screen: the largest
+in-plane distance across the painted voxels (voxel edges included) on any one axial slice
+(array axis z), in mm, through the image's spacing and direction.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+
+from .fsutil import atomic_path
+from .volume import Volume
+
+# Pixel corner offsets (y, x) around a pixel centre, in voxels.
+_CORNERS = ((-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5))
+
+# (CSV key, table title) per column, in order.
+COLUMNS = (
+    ("id", "Lesion"),
+    ("voxels", "Voxels"),
+    ("volume_ml", "Volume (mL)"),
+    ("longest_axial_diameter_mm", "Longest axial diameter (mm)"),
+    ("mean_hu", "Mean HU"),
+    ("mean_probability", "Mean probability"),
+    ("centroid_r_mm", "R (mm)"),
+    ("centroid_a_mm", "A (mm)"),
+    ("centroid_s_mm", "S (mm)"),
+)
+
+
+@dataclass
+class Lesion:
+    """One lesion. volume in mL, diameter in mm, centroid in Slicer RAS mm; probability None without a map."""
+
+    id: int
+    voxels: int
+    volume_ml: float
+    longest_axial_diameter_mm: float
+    mean_hu: float
+    mean_probability: float | None
+    centroid_ras: tuple[float, float, float]
+
+
+def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a (z, y, x) mask: int32 labels 1..n (0 background) and n."""
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3), dtype=bool))
+    return labels.astype(np.int32, copy=False), int(count)
+
+
+def _slice_diameter(pixels_yx: np.ndarray, axis_y: np.ndarray, axis_x: np.ndarray) -> float:
+    """Largest distance (mm) between corners of the given pixels; axis_* are the mm vectors of one
+    voxel step along y and x (direction column times spacing)."""
+    corners = (pixels_yx[:, None, :] + np.array(_CORNERS)[None]).reshape(-1, 2)
+    corners = np.unique(corners, axis=0)
+    hull = corners[ConvexHull(corners).vertices] if len(corners) > 4 else corners
+    points = hull[:, :1] * axis_y + hull[:, 1:] * axis_x
+    distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
+    return float(distances.max())
+
+
+def _boundary_pixels(slice_mask: np.ndarray) -> np.ndarray:
+    """(y, x) of pixels on the slice's outline: the convex hull only ever needs these."""
+    edge = slice_mask & ~ndimage.binary_erosion(slice_mask, border_value=0)
+    return np.argwhere(edge).astype(float)
+
+
+def longest_axial_diameter_mm(mask: np.ndarray, spacing, direction) -> float:
+    """Max over axial slices (array z) of the in-plane Feret diameter of `mask` (z, y, x), in mm.
+
+    `spacing` is (x, y, z) mm and `direction` the ITK matrix, as in Volume. "Axial" means the
+    array's z slices, which are axial for CT acquired the usual way."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    axis_x, axis_y = d[:, 0] * spacing[0], d[:, 1] * spacing[1]
+    best = 0.0
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        best = max(best, _slice_diameter(_boundary_pixels(mask[z]), axis_y, axis_x))
+    return best
+
+
+def _measure(inside: np.ndarray, box: tuple[slice, ...], ct: Volume, probability: np.ndarray | None) -> Lesion:
+    """One lesion from its voxels `inside` its bounding box `box` (z, y, x slices of the CT grid)."""
+    voxels = int(np.count_nonzero(inside))
+    zyx = np.argwhere(inside).mean(axis=0) + [sl.start for sl in box]
+    return Lesion(
+        id=0,
+        voxels=voxels,
+        volume_ml=voxels * ct.voxel_volume_mm3 / 1000.0,
+        longest_axial_diameter_mm=longest_axial_diameter_mm(inside, ct.spacing, ct.direction),
+        mean_hu=float(ct.array[box][inside].mean()),
+        mean_probability=None if probability is None else float(probability[box][inside].mean()),
+        centroid_ras=tuple(float(c) for c in ct.index_to_ras(zyx[None])[0]),
+    )
+
+
+def lesion_table(mask: np.ndarray, ct: Volume, probability: np.ndarray | None = None) -> list[Lesion]:
+    """Lesions of a tumor mask (z, y, x) on the CT grid, largest first, ids 1..n in that order.
+    `probability` (same grid, 0..1) gives each lesion's mean probability."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != ct.shape:
+        raise ValueError(f"tumor mask shape {mask.shape} differs from the CT grid {ct.shape}")
+    labels, _ = label_lesions(mask)
+    lesions = [
+        _measure(labels[box] == value, box, ct, probability)
+        for value, box in enumerate(ndimage.find_objects(labels), start=1)
+    ]
+    lesions.sort(key=lambda lesion: -lesion.voxels)
+    for new_id, lesion in enumerate(lesions, start=1):
+        lesion.id = new_id
+    return lesions
+
+
+def _row(lesion: Lesion) -> list:
+    prob = None if lesion.mean_probability is None else round(lesion.mean_probability, 3)
+    r, a, s = (round(c, 1) for c in lesion.centroid_ras)
+    return [
+        lesion.id,
+        lesion.voxels,
+        round(lesion.volume_ml, 3),
+        round(lesion.longest_axial_diameter_mm, 1),
+        round(lesion.mean_hu, 1),
+        prob,
+        r,
+        a,
+        s,
+    ]
+
+
+def lesions_to_rows(lesions: list[Lesion]) -> tuple[list[str], list[list]]:
+    """Table titles and rounded rows (numbers; None where undefined) for a lesion table view."""
+    return [title for _, title in COLUMNS], [_row(lesion) for lesion in lesions]
+
+
+def write_lesion_csv(lesions: list[Lesion], path) -> None:
+    """CSV with snake_case headers carrying units (volume_ml, ..._mm); empty cell where undefined."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([key for key, _ in COLUMNS])
+            for row in lesions_to_rows(lesions)[1]:
+                writer.writerow(["" if value is None else value for value in row])
