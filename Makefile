@@ -17,7 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: venv
 	$(PY) -m pytest -q Testing
 
+# demo_output/ is the demo's own scratch folder: it is cleared so the demo can be rerun.
 demo: venv
+	rm -rf demo_output
 	$(VENV)/bin/livertumorseg demo --out demo_output
 
 # Rebuild the shipped default model in Resources/Models/default (reproducible: fixed seeds).

@@ -1,0 +1,150 @@
+"""The `livertumorseg` command line, run for real in a subprocess and in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorSegLib import io as lio
+from LiverTumorSegLib.cli import main
+from LiverTumorSegLib.volume import Volume
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "LiverTumorSegLib", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def write_ct(path: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("segment", "train", "evaluate", "phantom", "demo"):
+        assert command in result.stdout
+
+
+def test_missing_image_is_one_line_error_with_exit_2(tmp_path, capsys):
+    code = main(["segment", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "out.nrrd")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error:") and "nope.nii.gz" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.nrrd").exists()
+
+
+def test_2d_image_is_refused(tmp_path, capsys):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.int16)), str(path))
+    assert main(["segment", str(path), "--out", str(tmp_path / "out.nrrd")]) == 2
+    assert "3D" in capsys.readouterr().err
+
+
+def test_existing_output_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "mine.nrrd"
+    out.write_bytes(b"user data")
+    ct = write_ct(tmp_path / "ct.nrrd", np.zeros((8, 16, 16), np.int16))
+    assert main(["segment", str(ct), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"user data"
+
+
+def test_unknown_output_type_and_bad_threshold(tmp_path, capsys):
+    ct = write_ct(tmp_path / "ct.nrrd", np.zeros((8, 16, 16), np.int16))
+    assert main(["segment", str(ct), "--out", str(tmp_path / "out.png")]) == 2
+    assert "unknown output type" in capsys.readouterr().err
+    assert main(["segment", str(ct), "--out", str(tmp_path / "o.nrrd"), "--threshold", "1.5"]) == 2
+    assert "threshold" in capsys.readouterr().err
+
+
+def test_mask_from_another_ct_is_refused(tmp_path, capsys):
+    ct = write_ct(tmp_path / "ct.nrrd", np.full((8, 16, 16), 100, np.int16))
+    mask = sitk.GetImageFromArray(np.ones((8, 16, 16), np.uint8))
+    mask.SetOrigin((500.0, 500.0, 500.0))
+    sitk.WriteImage(mask, str(tmp_path / "liver.nrrd"))
+    code = main(["segment", str(ct), "--liver", str(tmp_path / "liver.nrrd"), "--out", str(tmp_path / "o.nrrd")])
+    assert code == 2
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_train_refuses_existing_model_folder_and_empty_case_folder(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "model")]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m2")]) == 2
+    assert "no cases" in capsys.readouterr().err
+
+
+def test_corrupt_model_is_refused(tmp_path, capsys):
+    ct = write_ct(tmp_path / "ct.nrrd", np.full((8, 16, 16), 100, np.int16))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.pt").write_bytes(b"not a model")
+    assert main(["segment", str(ct), "--out", str(tmp_path / "o.nrrd"), "--model", str(bad)]) == 2
+    assert "model" in capsys.readouterr().err.lower()
+
+
+def test_evaluate_prints_metrics_json(tmp_path, capsys):
+    truth = np.zeros((10, 20, 20), np.uint8)
+    truth[2:8, 5:15, 5:15] = 1
+    truth[4:6, 8:12, 8:12] = 2
+    pred = (truth == 2).astype(np.uint8)
+    pred[4:6, 8:12, 8:10] = 0  # half the tumor missed
+    lio.write_labelmap(Volume(truth), tmp_path / "truth.nrrd")
+    lio.write_labelmap(Volume(pred), tmp_path / "pred.nrrd")
+    assert main(["evaluate", str(tmp_path / "pred.nrrd"), str(tmp_path / "truth.nrrd")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["dice"] == pytest.approx(2 * 16 / (16 + 32))
+    assert metrics["lesion_recall"] == 1.0
+
+
+def test_phantom_writes_case_folders(tmp_path):
+    result = run_cli("phantom", tmp_path / "cases", "--cases", "2", "--seed", "3", "--small")
+    assert result.returncode == 0, result.stderr
+    folders = sorted((tmp_path / "cases").iterdir())
+    assert [f.name for f in folders if not f.name.startswith(".")] and all((f / "case.json").is_file() for f in folders)
+    meta = json.loads((folders[0] / "case.json").read_text())
+    assert meta["tumor_count"] >= 1
+
+
+def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tiny_model_dir):
+    case = phantom_case_dirs[0]
+    out, prob, csv = tmp_path / "tumor.seg.nrrd", tmp_path / "prob.nrrd", tmp_path / "lesions.csv"
+    result = run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", out,
+                     "--model", tiny_model_dir, "--prob", prob, "--lesions", csv)
+    assert result.returncode == 0, result.stderr
+    image = lio.read_image(case / "image.nrrd")
+    labels, segments = lio.read_segmentation(out)
+    assert labels.same_grid(image)
+    assert segments[0].name == "Liver tumor"
+    probability = lio.read_image(prob)
+    assert probability.same_grid(image) and 0.0 <= probability.array.min() and probability.array.max() <= 1.0
+    assert csv.read_text().splitlines()[0].lower().startswith("id")
+    # The labelmap output is the same mask on the same grid.
+    label_out = tmp_path / "tumor.nii.gz"
+    assert run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", label_out,
+                   "--model", tiny_model_dir).returncode == 0
+    labelmap = lio.read_labels(label_out, reference=image)
+    np.testing.assert_array_equal(labelmap.array > 0, labels.array > 0)
+
+
+def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tiny_model_dir):
+    out = tmp_path / "v002"
+    result = run_cli("train", phantom_case_dirs[0].parent, "--out", out, "--init", tiny_model_dir,
+                     "--max-steps", "6", "--minutes", "1", "--progress-json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert any(line.get("stage") == "train" for line in lines)
+    assert lines[-1]["stage"] == "done" and Path(lines[-1]["model"]) == out
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["parent"] and meta["training_cases"]
