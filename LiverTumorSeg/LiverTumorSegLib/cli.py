@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default 5)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--arch", choices=("mhpnet", "unet"), default="mhpnet", help="network (default mhpnet)")
+    p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
@@ -200,7 +200,9 @@ def cmd_train(args) -> int:
         image = lio.read_image(folder / "image.nrrd")
         cases.append((folder.name, image, lio.read_labels(folder / "label.nrrd", reference=image)))
     init = load_model(Path(args.init)) if args.init else None
-    settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.max_steps, arch=args.arch, use_hessian=not args.no_hessian)
+    budget = {"max_steps": args.max_steps} if args.max_steps else {}
+    hessian = {"use_hessian": False} if args.no_hessian else {}
+    settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian)
     report, close = make_progress_printer(args.progress_json)
     try:
         model = train_model(cases, settings, init=init, progress=report)

@@ -1,0 +1,590 @@
+"""The Logic of the Slicer module: what a Slicer developer scripts against.
+
+    logic = slicer.util.getModuleLogic("LiverTumorSeg")
+    segmentation, table = logic.segment(ctNode, liverSegmentationNode, "liver")
+    logic.addCase(ctNode, liverSegmentationNode, "liver", segmentation, logic.tumorSegmentId(segmentation))
+    job = logic.startTraining(minutes=5)   # background process; poll() it, or logic.train() to block
+
+MRML only, no qt: it runs inside Slicer and under `slicer-core` (tests, batch scripts). Nodes go
+through `mrml.py`; the computation is the engine's. The module file mixes this class with
+ScriptedLoadableModuleLogic; nothing here needs that base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import mrml
+from .errors import Cancelled, InputError
+from .library import DEFAULT_MODEL_NAME, CaseLibrary, ModelInfo
+from .volume import Volume
+
+# Attributes the Logic sets on its output segmentation node.
+TUMOR_SEGMENT_ATTRIBUTE = "LiverTumorSeg.TumorSegmentID"
+THRESHOLD_ATTRIBUTE = "LiverTumorSeg.Threshold"
+MIN_LESION_ATTRIBUTE = "LiverTumorSeg.MinLesionMm3"
+MODEL_ATTRIBUTE = "LiverTumorSeg.Model"
+
+# Probability overlay: Slicer's heat colour map; voxels below this probability are not drawn.
+PROBABILITY_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
+PROBABILITY_SHOWN_FROM = 0.05
+
+# Share of the progress bar per training stage (percent), so one bar covers the whole run.
+_STAGE_SPAN = {"prepare": (0, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
+
+
+def defaultLibraryPath() -> Path:
+    """Case library folder when none is configured: beside Slicer's user settings, else in the home folder."""
+    try:
+        import slicer
+
+        settings_file = slicer.app.slicerUserSettingsFilePath
+    except (ImportError, AttributeError):
+        return Path.home() / ".livertumorseg" / "library"
+    return Path(settings_file).parent / "LiverTumorSeg" / "library"
+
+
+def pythonExecutable() -> str:
+    """Python for background jobs: PythonSlicer inside Slicer (the app binary is not a Python), else this one."""
+    try:
+        import slicer
+
+        in_app = hasattr(slicer, "app")
+    except ImportError:
+        in_app = False
+    if in_app:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        candidate = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
+def _childEnvironment() -> dict:
+    """Environment for background jobs: Slicer's startup environment inside Slicer (PythonSlicer sets up its own)."""
+    try:
+        import slicer
+
+        env = dict(slicer.util.startupEnvironment()) if hasattr(slicer, "app") else dict(os.environ)
+    except (ImportError, AttributeError):
+        env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def describeProgress(info: dict) -> tuple[int, str]:
+    """(percent 0..100 over the whole run, one-line text) for a progress dict of `livertumorseg train`."""
+    stage = str(info.get("stage", ""))
+    low, high = _STAGE_SPAN.get(stage, (0, 100))
+    step, total = info.get("step"), info.get("total")
+    fraction = min(max(float(step) / float(total), 0.0), 1.0) if step is not None and total else 0.0
+    percent = int(round(low + (high - low) * fraction))
+    if stage == "done":
+        dice = (info.get("validation") or {}).get("dice")
+        return 100, "Done" + (f": validation Dice {dice:.3f}" if dice is not None else "")
+    parts = [stage.capitalize() or "Working"]
+    if step is not None and total:
+        parts[0] += f" step {int(step)}/{int(total)}"
+    if info.get("elapsed_s") is not None:
+        parts.append(f"{_minutes(info['elapsed_s'])} elapsed")
+    if info.get("eta_s") is not None:
+        parts.append(f"about {_minutes(info['eta_s'])} left")
+    if info.get("loss") is not None:
+        parts.append(f"loss {float(info['loss']):.3f}")
+    return percent, ", ".join(parts)
+
+
+def _minutes(seconds: float) -> str:
+    seconds = max(0, int(round(float(seconds))))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class TrainingJob:
+    """`livertumorseg train --progress-json` running in a background process.
+
+    A reader thread moves the child's output lines into a queue; `poll()` (called from a QTimer
+    in the Widget, or from `wait()`) drains it without ever blocking. `cancel()` stops the whole
+    process tree (PythonSlicer is a launcher with a Python child): first an interrupt, so the
+    command line exits cleanly with nothing written, then a kill after `grace_s`.
+    """
+
+    def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None, outPath=None):
+        self.command = [str(c) for c in command]
+        self.outPath = Path(outPath) if outPath else None
+        self.log: list[str] = []  # output lines that are not progress JSON (warnings, errors)
+        self.latest: dict | None = None
+        self.result: dict | None = None  # the final {"stage": "done", "model": ..., "validation": ...}
+        self.error: str | None = None
+        self.cancelled = False
+        self.finished = False
+        self.returncode: int | None = None
+        self.startTime = time.monotonic()
+        self._lines: queue.Queue = queue.Queue()
+        self._exited = threading.Event()
+        kwargs: dict = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # own process group: cancel reaches the launcher's children
+        self._process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, encoding="utf-8", errors="replace", bufsize=1, env=env, cwd=cwd, **kwargs,
+        )
+        self._reader = threading.Thread(target=self._read, name="LiverTumorSeg training output", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.startTime
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\r\n"))
+        self._process.wait()
+        self._exited.set()
+
+    def poll(self) -> list[dict]:
+        """Progress dicts printed since the last call; `finished` turns True in the call that returns the last ones."""
+        exited = self._exited.is_set()
+        updates = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            info = _progressFromLine(line)
+            if info is None:
+                if line.strip():
+                    self.log.append(line)
+                continue
+            if info.get("stage") == "done":
+                self.result = info
+            self.latest = info
+            updates.append(info)
+        if exited and not self.finished:
+            self.returncode = self._process.returncode
+            self.finished = True
+            if not self.cancelled and (self.returncode != 0 or self.result is None):
+                self.error = self._errorMessage()
+        return updates
+
+    def _errorMessage(self) -> str:
+        errors = [line for line in self.log if line.startswith("error:")]
+        if errors:
+            return errors[-1][len("error:"):].strip()
+        tail = "\n".join(self.log[-5:])
+        return f"training stopped with exit code {self.returncode}" + (f":\n{tail}" if tail else "")
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the process tree; returns at once (the kill, if needed, happens on a timer thread)."""
+        if self._exited.is_set():
+            return
+        self.cancelled = True
+        _signalTree(self._process, kill=False)
+        timer = threading.Timer(grace_s, self._killIfRunning)
+        timer.daemon = True
+        timer.start()
+
+    def _killIfRunning(self) -> None:
+        if not self._exited.is_set():
+            _signalTree(self._process, kill=True)
+
+    def wait(self, timeout: float | None = None, progress=None, interval: float = 0.2) -> dict:
+        """Block until done (for scripts); returns the result dict. Raises Cancelled or InputError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for info in self.poll():
+                if progress is not None:
+                    progress(info)
+            if self.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                self._exited.wait(30)
+                self.poll()
+                raise Cancelled(f"training did not finish within {timeout:.0f} s and was stopped")
+            time.sleep(interval)
+        if self.cancelled:
+            raise Cancelled("training was cancelled; no model was written")
+        if self.error:
+            raise InputError(self.error)
+        return self.result
+
+
+def _progressFromLine(line: str) -> dict | None:
+    text = line.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and "stage" in info else None
+
+
+def _signalTree(process: subprocess.Popen, kill: bool) -> None:
+    """Interrupt (or kill) a process and everything it started."""
+    if process.poll() is not None and not kill:
+        return
+    try:
+        if os.name == "nt":
+            if kill:
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+            else:
+                process.send_signal(signal.CTRL_BREAK_EVENT)
+        else:
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGINT)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+class LiverTumorSegLogic:
+    """Segment liver tumors into MRML nodes, keep the case library, retrain in the background."""
+
+    def __init__(self, libraryPath=None, scene=None):
+        super().__init__()
+        self._scene = scene
+        self.libraryPath = Path(libraryPath) if libraryPath else defaultLibraryPath()
+        self._modelCache: dict = {}
+
+    # ---- context -------------------------------------------------------------------------
+    @property
+    def scene(self):
+        """The scene given at construction, else Slicer's (inside the application)."""
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise InputError("no MRML scene: pass scene= to LiverTumorSegLogic outside 3D Slicer")
+        return scene
+
+    @property
+    def library(self) -> CaseLibrary:
+        return CaseLibrary(self.libraryPath)
+
+    # ---- models --------------------------------------------------------------------------
+    def listModels(self) -> list[ModelInfo]:
+        """Shipped default first (if present), then the library's versions oldest first."""
+        return self.library.list_models()
+
+    def activeModelVersion(self) -> str:
+        return self.library.active_version()
+
+    def setActiveModel(self, version: str) -> None:
+        """Make a version the one Segment and Retrain use; earlier versions stay (rollback = set an older one)."""
+        self.library.set_active(version)
+
+    def modelPath(self, model=None) -> Path:
+        """Folder of a model given as None (active), a version name, or a folder / model.pt path."""
+        if model is None:
+            return self.library.active_model_path()
+        text = str(model)
+        known = {info.version for info in self.listModels()} | {DEFAULT_MODEL_NAME}
+        if text in known and not Path(text).exists():
+            return self.library.model_path(text)
+        path = Path(text)
+        return path.parent if path.name == "model.pt" else path
+
+    def loadModel(self, model=None):
+        """TrainedModel for `model` (None = active version); cached per model file and its time stamp."""
+        from .modelstore import load_model
+
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            return model  # already a TrainedModel
+        path = self.modelPath(model)
+        weights = path / "model.pt"
+        key = (str(path.resolve()), weights.stat().st_mtime if weights.is_file() else None)
+        if key not in self._modelCache:
+            self._modelCache = {key: load_model(path)}
+        return self._modelCache[key]
+
+    # ---- segment -------------------------------------------------------------------------
+    def liverMask(self, ctNode, liverSegmentationNode=None, liverSegmentId=None, roiNode=None):
+        """Liver region on the CT grid: the segment if given, else the ROI box, else None (whole CT)."""
+        if liverSegmentationNode is not None and liverSegmentId:
+            mask = mrml.segment_to_mask(liverSegmentationNode, liverSegmentId, ctNode)
+            if not mask.any():
+                raise InputError(
+                    f"the liver segment '{liverSegmentId}' is empty on this CT; draw the liver or choose another segment"
+                )
+            return mask
+        if roiNode is not None:
+            return mrml.roi_to_mask(roiNode, ctNode)
+        return None
+
+    def segment(
+        self,
+        ctNode,
+        liverSegmentationNode=None,
+        liverSegmentId=None,
+        roiNode=None,
+        model=None,
+        threshold=None,
+        outputSegmentationNode=None,
+        replaceEdited=False,
+        showProbability=False,
+        progress=None,
+    ):
+        """Segment liver tumors; returns (segmentationNode, lesionTableNode).
+
+        The result goes into a new segmentation node, or into `outputSegmentationNode`: there the
+        Logic's own "Liver tumor" segment is replaced only while the user has not edited it (or
+        with `replaceEdited=True`); otherwise a new segment is added. Other segments are never
+        touched. The probability map is kept as a volume node (restricted to the liver region)
+        for `rethreshold`; `showProbability` shows it over the CT.
+        """
+        from . import io as lio
+        from .inference import segment as run_segment
+
+        if ctNode is None:
+            raise InputError("no CT volume selected; choose the CT to segment")
+        image = mrml.volume_from_node(ctNode)
+        liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
+        trained = self.loadModel(model)
+        result = run_segment(image, liver, trained, threshold=threshold, progress=progress)
+        probability = np.asarray(result.probability.array, dtype=np.float32)
+        if liver is not None:
+            probability = np.where(liver, probability, np.float32(0.0))
+
+        segmentationNode = outputSegmentationNode
+        if segmentationNode is None:
+            segmentationNode = mrml.new_segmentation_node(self.scene, ctNode, f"{ctNode.GetName()} liver tumor")
+        elif segmentationNode.GetTransformNodeID() != ctNode.GetTransformNodeID():
+            raise InputError(
+                f"segmentation '{segmentationNode.GetName()}' is under another transform than the CT; "
+                "choose 'Create new segmentation' as output"
+            )
+        tumor = np.asarray(result.tumor.array) > 0
+        self._writeTumorSegment(segmentationNode, tumor, ctNode, replaceEdited, lio.TUMOR_SEGMENT)
+        segmentationNode.SetNodeReferenceID(mrml.CT_ROLE, ctNode.GetID())
+        segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(result.threshold):.6g}")
+        segmentationNode.SetAttribute(MIN_LESION_ATTRIBUTE, f"{float(getattr(trained, 'min_lesion_mm3', 0.0)):.6g}")
+        modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
+        segmentationNode.SetAttribute(MODEL_ATTRIBUTE, modelName)
+
+        probabilityNode = self._keepProbability(segmentationNode, ctNode, probability)
+        tableNode = self._lesionTable(segmentationNode)
+        mrml.update_lesion_table(tableNode, result.lesions)
+        self._show(segmentationNode, probabilityNode if showProbability else None)
+        return segmentationNode, tableNode
+
+    def rethreshold(self, segmentationNode, threshold: float, replaceEdited=False):
+        """Threshold the kept probability map again (no network run); returns the updated lesion table node."""
+        from .inference import mask_from_probability
+        from .lesions import lesion_table
+
+        if not 0.0 < float(threshold) < 1.0:
+            raise InputError(f"threshold {threshold} is outside (0, 1)")
+        probabilityNode = self.probabilityNode(segmentationNode)
+        ctNode = segmentationNode.GetNodeReference(mrml.CT_ROLE) if segmentationNode else None
+        if probabilityNode is None or ctNode is None:
+            raise InputError("this segmentation has no kept probability map; run Segment first")
+        segmentId = self.tumorSegmentId(segmentationNode)
+        if segmentId and not replaceEdited and mrml.segment_was_edited(segmentationNode, segmentId, ctNode):
+            raise InputError(
+                "the tumor segment was edited since it was computed; re-thresholding would replace "
+                "your edits (confirm to replace them, or segment into a new segmentation)"
+            )
+        ct = mrml.volume_from_node(ctNode)
+        probability = mrml.volume_from_node(probabilityNode).array.astype(np.float32)
+        minimum = float(segmentationNode.GetAttribute(MIN_LESION_ATTRIBUTE) or 0.0)
+        mask = np.asarray(mask_from_probability(probability, None, float(threshold), ct.spacing_zyx, minimum), dtype=bool)
+        from . import io as lio
+
+        self._writeTumorSegment(segmentationNode, mask, ctNode, True, lio.TUMOR_SEGMENT)
+        segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(threshold):.6g}")
+        tableNode = self._lesionTable(segmentationNode)
+        mrml.update_lesion_table(tableNode, lesion_table(mask, ct, probability))
+        return tableNode
+
+    def tumorSegmentId(self, segmentationNode) -> str | None:
+        """Id of the Logic's tumor segment in a segmentation node, None if it has none (any more)."""
+        if segmentationNode is None:
+            return None
+        segmentId = segmentationNode.GetAttribute(TUMOR_SEGMENT_ATTRIBUTE)
+        if segmentId and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None:
+            return segmentId
+        return None
+
+    def editedTumorSegmentId(self, segmentationNode, ctNode=None) -> str | None:
+        """The Logic's tumor segment if the user edited it since it was computed (ask before replacing)."""
+        segmentId = self.tumorSegmentId(segmentationNode)
+        if segmentId is None:
+            return None
+        ctNode = ctNode or segmentationNode.GetNodeReference(mrml.CT_ROLE)
+        if ctNode is None or mrml.segment_was_edited(segmentationNode, segmentId, ctNode):
+            return segmentId
+        return None
+
+    def probabilityNode(self, segmentationNode):
+        return segmentationNode.GetNodeReference(mrml.PROBABILITY_ROLE) if segmentationNode else None
+
+    def lesionTableNode(self, segmentationNode):
+        return segmentationNode.GetNodeReference(mrml.TABLE_ROLE) if segmentationNode else None
+
+    def lesionCentroid(self, tableNode, row: int) -> tuple[float, float, float]:
+        """RAS centre (mm) of the lesion in a table row."""
+        header, rows = mrml.table_rows(tableNode)
+        if not 0 <= row < len(rows):
+            raise InputError(f"no lesion in row {row}")
+        columns = [header.index(name) for name in ("Centroid R", "Centroid A", "Centroid S")]
+        return tuple(float(rows[row][c]) for c in columns)
+
+    def jumpToLesion(self, tableNode, row: int) -> tuple[float, float, float]:
+        """Centre all slice views on the lesion of a table row; returns its RAS position."""
+        ras = self.lesionCentroid(tableNode, row)
+        mrml.jump_slices_to(self.scene, ras)
+        return ras
+
+    def _writeTumorSegment(self, segmentationNode, mask, ctNode, replaceEdited, info) -> str:
+        segmentId = self.tumorSegmentId(segmentationNode)
+        if segmentId and (replaceEdited or not mrml.segment_was_edited(segmentationNode, segmentId, ctNode)):
+            return mrml.write_segment(segmentationNode, mask, ctNode, segment_id=segmentId)
+        segmentId = mrml.write_segment(
+            segmentationNode, mask, ctNode, name=self._freeSegmentName(segmentationNode, info.name),
+            color=info.color, terminology=info.terminology,
+        )
+        segmentationNode.SetAttribute(TUMOR_SEGMENT_ATTRIBUTE, segmentId)
+        return segmentId
+
+    @staticmethod
+    def _freeSegmentName(segmentationNode, name: str) -> str:
+        segmentation = segmentationNode.GetSegmentation()
+        taken = {segmentation.GetSegment(s).GetName() for s in mrml.segment_ids(segmentationNode)}
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name} {n}"
+        return candidate
+
+    def _keepProbability(self, segmentationNode, ctNode, probability):
+        node = self.probabilityNode(segmentationNode)
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentationNode.GetName()} probability")
+            segmentationNode.SetNodeReferenceID(mrml.PROBABILITY_ROLE, node.GetID())
+        mrml.set_array_like(node, probability, ctNode)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        # As an overlay: a heat colour map, and near-zero probability transparent.
+        display.AutoThresholdOff()
+        display.SetThreshold(PROBABILITY_SHOWN_FROM, 1.0)
+        display.ApplyThresholdOn()
+        if self.scene.GetNodeByID(PROBABILITY_COLORS) is not None:
+            display.SetAndObserveColorNodeID(PROBABILITY_COLORS)
+        return node
+
+    def _lesionTable(self, segmentationNode):
+        node = self.lesionTableNode(segmentationNode)
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentationNode.GetName()} lesions")
+            segmentationNode.SetNodeReferenceID(mrml.TABLE_ROLE, node.GetID())
+        return node
+
+    def _show(self, segmentationNode, probabilityNode=None) -> None:
+        display = segmentationNode.GetDisplayNode()
+        if display is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+            display = segmentationNode.GetDisplayNode()
+        display.SetVisibility(True)
+        display.SetVisibility2D(True)
+        display.SetVisibility3D(True)
+        segmentationNode.CreateClosedSurfaceRepresentation()  # 3D views show the closed surface
+        if probabilityNode is not None:
+            mrml.show_as_foreground(self.scene, probabilityNode)
+
+    # ---- case library --------------------------------------------------------------------
+    def addCase(
+        self,
+        ctNode,
+        liverSegmentationNode,
+        liverSegmentId,
+        tumorSegmentationNode,
+        tumorSegmentId,
+        caseId=None,
+        notes="",
+    ) -> str:
+        """Save CT + liver + (corrected) tumor mask as a new training case; returns the case id."""
+        if liverSegmentationNode is None or not liverSegmentId:
+            raise InputError(
+                "adding a case needs the liver as a segment (an ROI box is not a liver outline); "
+                "segment the liver first, e.g. with the Segment Editor or TotalSegmentator"
+            )
+        if tumorSegmentationNode is None or not tumorSegmentId:
+            raise InputError("no tumor segment chosen; run Segment, correct the result, then add the case")
+        image = mrml.volume_from_node(ctNode)
+        liver = mrml.segment_to_mask(liverSegmentationNode, liverSegmentId, ctNode)
+        tumor = mrml.segment_to_mask(tumorSegmentationNode, tumorSegmentId, ctNode)
+        if not liver.any():
+            raise InputError(f"the liver segment '{liverSegmentId}' is empty; draw the liver first")
+        labels = np.zeros(image.shape, dtype=np.uint8)
+        labels[liver] = 1
+        labels[tumor] = 2
+        return self.library.add_case(
+            image, Volume(labels, image.spacing, image.origin, image.direction),
+            source=f"3D Slicer: {ctNode.GetName()}", notes=notes, case_id=caseId,
+        )
+
+    def listCases(self):
+        return self.library.list_cases()
+
+    def removeCase(self, caseId: str) -> None:
+        self.library.remove_case(caseId)
+
+    # ---- training ------------------------------------------------------------------------
+    def trainingCommand(self, outPath, minutes=5.0, maxSteps=None, seed=0, initVersion=None) -> list[str]:
+        """`python -m LiverTumorSegLib train LIBRARY --out NEW --init ACTIVE --progress-json ...`."""
+        init = self.library.model_path(initVersion) if initVersion else self.library.active_model_path()
+        command = [
+            pythonExecutable(), "-m", "LiverTumorSegLib", "train", str(self.libraryPath.resolve()),
+            "--out", str(Path(outPath).resolve()), "--progress-json",
+            "--minutes", f"{float(minutes):g}", "--seed", str(int(seed)),
+        ]
+        if (init / "model.pt").is_file():
+            command += ["--init", str(init.resolve())]
+        if maxSteps:
+            command += ["--max-steps", str(int(maxSteps))]
+        return command
+
+    def startTraining(self, minutes=5.0, maxSteps=None, seed=0, initVersion=None) -> TrainingJob:
+        """Fine-tune the active model (or `initVersion`) on all library cases in a background process.
+
+        The new version is written to `library.new_version_path()`; it does not become active by
+        itself (see `setActiveModel`).
+        """
+        if not self.listCases():
+            raise InputError(f"no cases in {self.libraryPath}; add corrected cases first")
+        outPath = self.library.new_version_path()
+        command = self.trainingCommand(outPath, minutes, maxSteps, seed, initVersion)
+        packageParent = str(Path(__file__).resolve().parent.parent)  # `-m` finds the package from here
+        return TrainingJob(command, env=_childEnvironment(), cwd=packageParent, outPath=outPath)
+
+    def train(self, minutes=5.0, maxSteps=None, seed=0, initVersion=None, progress=None, timeout=None) -> ModelInfo:
+        """Blocking `startTraining` for scripts; returns the new version's ModelInfo."""
+        job = self.startTraining(minutes, maxSteps, seed, initVersion)
+        job.wait(timeout=timeout, progress=progress)
+        return ModelInfo.from_folder(job.outPath)

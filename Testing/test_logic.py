@@ -1,0 +1,369 @@
+"""The module Logic end to end in a real slicer-core scene with a real (small) model.
+
+Segment -> segmentation + lesion table; re-threshold; never overwrite the user's segments;
+add/list/remove cases; list models, set active, roll back; the background training job driven
+through a real `python -m LiverTumorSegLib train` run to completion, one cancelled, one failing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from LiverTumorSegLib import io as lio  # noqa: E402
+from LiverTumorSegLib import mrml  # noqa: E402
+from LiverTumorSegLib.errors import InputError  # noqa: E402
+from LiverTumorSegLib.logic import LiverTumorSegLogic, describeProgress  # noqa: E402
+from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
+
+JOB_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    return make_phantom(11, PhantomSettings.small(z_extent_mm=(120.0, 130.0), n_tumors=(2, 3)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(phantom):
+    """The shipped default model when it exists, else a tiny one trained here (a few steps)."""
+    from LiverTumorSegLib.modelstore import default_model_path, load_model
+
+    if (default_model_path() / "model.pt").is_file():
+        return load_model(default_model_path())
+    from LiverTumorSegLib.training import TrainSettings, train_model
+
+    settings = TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2)
+    return train_model([("phantom", phantom.image, phantom.labels)], settings)
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def ct(scene, phantom):
+    return mrml.add_volume_node(scene, phantom.image, "Phantom CT")
+
+
+@pytest.fixture
+def liver(scene, ct, phantom):
+    """(segmentation node, segment id) of the phantom's liver, as a user's liver segmentation."""
+    node = mrml.new_segmentation_node(scene, ct, "Liver")
+    return node, mrml.write_segment(node, phantom.labels.array > 0, ct, name="Liver", color=lio.LIVER_SEGMENT.color)
+
+
+@pytest.fixture
+def logic(scene, tmp_path):
+    return LiverTumorSegLogic(libraryPath=tmp_path / "library", scene=scene)
+
+
+@pytest.fixture
+def library_with_model(logic, tiny_model):
+    """A library whose active model is v001 (the tiny model)."""
+    from LiverTumorSegLib.modelstore import save_model
+
+    save_model(tiny_model, logic.library.new_version_path())
+    logic.setActiveModel("v001")
+    return logic
+
+
+def user_edit(segmentation, segment_id, mask, ct):
+    """Change a segment the way the Segment Editor does (Slicer's API, no checksum update)."""
+    image = mrml._oriented_image(mask, ct)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+
+def top_quantile_threshold(probability: np.ndarray, region: np.ndarray, q: float = 0.99) -> float:
+    """A threshold that keeps roughly the top 1% of the region: guarantees lesions with any model."""
+    values = probability[region]
+    return float(np.clip(np.quantile(values, q), 0.02, 0.98))
+
+
+# ---- segment -------------------------------------------------------------------------------
+def test_segment_writes_new_segmentation_table_and_probability(logic, scene, ct, liver, phantom, tiny_model):
+    from LiverTumorSegLib.inference import segment as engine_segment
+
+    segmentation, table = logic.segment(ct, *liver, model=tiny_model, showProbability=True)
+    assert segmentation.IsA("vtkMRMLSegmentationNode") and segmentation is not liver[0]
+    tumor_id = logic.tumorSegmentId(segmentation)
+    segment = segmentation.GetSegmentation().GetSegment(tumor_id)
+    assert segment.GetName() == "Liver tumor"
+    assert segment.GetTerminology() == lio.TUMOR_SEGMENT.terminology
+    np.testing.assert_allclose(segment.GetColor(), lio.TUMOR_SEGMENT.color, atol=1e-6)
+    assert segmentation.GetDisplayNode().GetVisibility3D()
+
+    # Same mask and lesions as the engine run directly on the same arrays.
+    expected = engine_segment(phantom.image, phantom.labels.array > 0, tiny_model)
+    np.testing.assert_array_equal(mrml.segment_to_mask(segmentation, tumor_id, ct), expected.tumor.array > 0)
+    header, rows = mrml.table_rows(table)
+    assert header[:5] == ["Lesion", "Volume", "Longest axial diameter", "Mean HU", "Mean probability"]
+    assert len(rows) == len(expected.lesions)
+    for row, lesion in zip(rows, expected.lesions):
+        assert row[1] == pytest.approx(lesion.volume_ml)
+    assert logic.lesionTableNode(segmentation) is table
+
+    probability = logic.probabilityNode(segmentation)
+    values = mrml.volume_from_node(probability).array
+    assert values.dtype == np.float32 and values.shape == phantom.image.shape
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert not values[phantom.labels.array == 0].any()  # kept map is restricted to the liver
+    assert float(segmentation.GetAttribute("LiverTumorSeg.Threshold")) == pytest.approx(tiny_model.threshold)
+    assert segmentation.GetNodeReference(mrml.CT_ROLE) is ct
+
+
+def test_rethreshold_uses_the_kept_map_and_updates_table(logic, ct, liver, phantom, tiny_model):
+    from LiverTumorSegLib.inference import mask_from_probability
+    from LiverTumorSegLib.lesions import lesion_table
+
+    segmentation, table = logic.segment(ct, *liver, model=tiny_model)
+    tumor_id = logic.tumorSegmentId(segmentation)
+    original = mrml.segment_to_mask(segmentation, tumor_id, ct)
+    probability = mrml.volume_from_node(logic.probabilityNode(segmentation)).array
+    liver_mask = phantom.labels.array > 0
+    threshold = top_quantile_threshold(probability, liver_mask)
+
+    table = logic.rethreshold(segmentation, threshold)
+    expected = mask_from_probability(probability, liver_mask, threshold, phantom.image.spacing_zyx, tiny_model.min_lesion_mm3)
+    assert expected.any()
+    np.testing.assert_array_equal(mrml.segment_to_mask(segmentation, tumor_id, ct), expected)
+    rows = mrml.table_rows(table)[1]
+    lesions = lesion_table(expected, phantom.image, probability)
+    assert len(rows) == len(lesions) >= 1
+    assert [r[1] for r in rows] == pytest.approx([les.volume_ml for les in lesions])
+    assert float(segmentation.GetAttribute("LiverTumorSeg.Threshold")) == pytest.approx(threshold)
+
+    # Back at the model's threshold: the original result again.
+    logic.rethreshold(segmentation, tiny_model.threshold)
+    np.testing.assert_array_equal(mrml.segment_to_mask(segmentation, tumor_id, ct), original)
+    with pytest.raises(InputError, match="outside"):
+        logic.rethreshold(segmentation, 1.5)
+
+
+def test_jump_to_lesion_centres_the_slice_views(logic, scene, ct, liver, phantom, tiny_model):
+    segmentation, _ = logic.segment(ct, *liver, model=tiny_model)
+    probability = mrml.volume_from_node(logic.probabilityNode(segmentation)).array
+    table = logic.rethreshold(segmentation, top_quantile_threshold(probability, phantom.labels.array > 0))
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    ras = logic.jumpToLesion(table, 0)
+    matrix = red.GetSliceToRAS()
+    np.testing.assert_allclose([matrix.GetElement(i, 3) for i in range(3)], ras, atol=1e-6)
+    with pytest.raises(InputError):
+        logic.jumpToLesion(table, 999)
+
+
+def test_roi_as_the_liver_region(logic, scene, ct, phantom, tiny_model):
+    z, y, x = np.nonzero(phantom.labels.array > 0)
+    lo = phantom.image.index_to_ras(np.array([[z.min(), y.min(), x.min()]], float))[0]
+    hi = phantom.image.index_to_ras(np.array([[z.max(), y.max(), x.max()]], float))[0]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetCenter(*((lo + hi) / 2))
+    roi.SetSize(*(np.abs(hi - lo) + 5.0))
+    segmentation, _ = logic.segment(ct, roiNode=roi, model=tiny_model)
+    probability = mrml.volume_from_node(logic.probabilityNode(segmentation)).array
+    box = mrml.roi_to_mask(roi, ct)
+    assert not probability[~box].any()
+    assert logic.tumorSegmentId(segmentation)
+
+
+def test_missing_inputs_are_input_errors(logic, ct, liver, tiny_model, scene):
+    with pytest.raises(InputError, match="no CT"):
+        logic.segment(None, *liver, model=tiny_model)
+    empty = mrml.new_segmentation_node(scene, ct, "empty")
+    empty_id = mrml.write_segment(empty, np.zeros(mrml.volume_from_node(ct).shape, bool), ct, name="Liver")
+    with pytest.raises(InputError, match="empty"):
+        logic.segment(ct, empty, empty_id, model=tiny_model)
+
+
+# ---- never overwrite the user's work -------------------------------------------------------
+def test_chosen_output_keeps_user_segments_and_edits(logic, scene, ct, liver, phantom, tiny_model):
+    shape = phantom.image.shape
+    output = mrml.new_segmentation_node(scene, ct, "my work")
+    mine = np.zeros(shape, bool)
+    mine[10:14, 40:50, 40:50] = True
+    named_like_ours = np.zeros(shape, bool)
+    named_like_ours[5:8, 60:70, 60:70] = True
+    mine_id = output.GetSegmentation().AddEmptySegment("mine", "My tumor")
+    user_edit(output, mine_id, mine, ct)
+    theirs_id = output.GetSegmentation().AddEmptySegment("hand", "Liver tumor")
+    user_edit(output, theirs_id, named_like_ours, ct)
+
+    segmentation, _ = logic.segment(ct, *liver, model=tiny_model, outputSegmentationNode=output)
+    assert segmentation is output
+    ai_id = logic.tumorSegmentId(output)
+    assert ai_id not in (mine_id, theirs_id)
+    assert output.GetSegmentation().GetSegment(ai_id).GetName() == "Liver tumor 2"
+    np.testing.assert_array_equal(mrml.segment_to_mask(output, mine_id, ct), mine)
+    np.testing.assert_array_equal(mrml.segment_to_mask(output, theirs_id, ct), named_like_ours)
+
+    # Unedited AI output is replaced in place by the next run.
+    logic.segment(ct, *liver, model=tiny_model, outputSegmentationNode=output)
+    assert logic.tumorSegmentId(output) == ai_id and output.GetSegmentation().GetNumberOfSegments() == 3
+    assert logic.editedTumorSegmentId(output) is None
+
+    # Once the user edits it, it is theirs: kept, and the new result goes into a new segment...
+    edited = mrml.segment_to_mask(output, ai_id, ct)
+    edited[0, 0, :5] = ~edited[0, 0, :5]
+    user_edit(output, ai_id, edited, ct)
+    assert logic.editedTumorSegmentId(output) == ai_id
+    with pytest.raises(InputError, match="edited"):
+        logic.rethreshold(output, 0.5)
+    logic.segment(ct, *liver, model=tiny_model, outputSegmentationNode=output)
+    new_id = logic.tumorSegmentId(output)
+    assert new_id != ai_id and output.GetSegmentation().GetNumberOfSegments() == 4
+    np.testing.assert_array_equal(mrml.segment_to_mask(output, ai_id, ct), edited)
+    # ...unless the user agreed to replace it.
+    edited_new = mrml.segment_to_mask(output, new_id, ct)
+    edited_new[1, 1, 1] = True
+    user_edit(output, new_id, edited_new, ct)
+    logic.segment(ct, *liver, model=tiny_model, outputSegmentationNode=output, replaceEdited=True)
+    assert logic.tumorSegmentId(output) == new_id and output.GetSegmentation().GetNumberOfSegments() == 4
+    assert not mrml.segment_to_mask(output, new_id, ct)[1, 1, 1]
+
+
+# ---- case library --------------------------------------------------------------------------
+def test_add_case_writes_the_case_folder(logic, ct, liver, phantom, tiny_model):
+    segmentation, _ = logic.segment(ct, *liver, model=tiny_model)
+    tumor_id = logic.tumorSegmentId(segmentation)
+    corrected = phantom.labels.array == 2
+    user_edit(segmentation, tumor_id, corrected, ct)
+    case_id = logic.addCase(ct, *liver, segmentation, tumor_id, notes="corrected by hand")
+
+    folder = logic.libraryPath / "cases" / case_id
+    assert {p.name for p in folder.iterdir()} == {"image.nrrd", "label.nrrd", "case.json"}
+    image = lio.read_image(folder / "image.nrrd")
+    labels = lio.read_labels(folder / "label.nrrd", reference=image)
+    np.testing.assert_array_equal(image.array, phantom.image.array)
+    assert image.same_grid(phantom.image)
+    np.testing.assert_array_equal(labels.array, phantom.labels.array)  # liver 1, corrected tumors 2
+    [info] = logic.listCases()
+    assert info.case_id == case_id and info.notes == "corrected by hand"
+    assert info.tumor_count == len(phantom.tumors) or info.tumor_count >= 1
+    assert info.source == "3D Slicer: Phantom CT"
+
+    second = logic.addCase(ct, *liver, segmentation, tumor_id, caseId="second")
+    assert [c.case_id for c in logic.listCases()] == sorted([case_id, second])
+    logic.removeCase(case_id)
+    assert [c.case_id for c in logic.listCases()] == [second]
+    assert not folder.exists() and any((logic.libraryPath / "trash").iterdir())
+    with pytest.raises(InputError):
+        logic.addCase(ct, *liver, segmentation, tumor_id, caseId="second")  # never overwrites
+
+
+def test_add_case_needs_a_liver_segment(logic, ct, liver, tiny_model):
+    segmentation, _ = logic.segment(ct, *liver, model=tiny_model)
+    with pytest.raises(InputError, match="liver as a segment"):
+        logic.addCase(ct, None, None, segmentation, logic.tumorSegmentId(segmentation))
+    assert logic.listCases() == []
+
+
+# ---- models --------------------------------------------------------------------------------
+def test_models_listing_set_active_and_rollback(logic, tiny_model, ct, liver):
+    from LiverTumorSegLib.modelstore import default_model_path, save_model
+
+    save_model(tiny_model, logic.library.new_version_path())
+    save_model(tiny_model, logic.library.new_version_path())
+    models = logic.listModels()
+    versions = [m.version for m in models]
+    assert versions[-2:] == ["v001", "v002"]
+    assert ("default" in versions) == (default_model_path() / "model.pt").is_file()
+    assert all("Dice" in m.label for m in models)
+
+    logic.setActiveModel("v002")
+    assert logic.activeModelVersion() == "v002"
+    assert logic.modelPath() == logic.libraryPath / "models" / "v002"
+    segmentation, _ = logic.segment(ct, *liver)  # the active model
+    assert segmentation.GetAttribute("LiverTumorSeg.Model").endswith("v002")
+    logic.setActiveModel("v001")  # rollback
+    assert logic.activeModelVersion() == "v001"
+    assert logic.modelPath() == logic.libraryPath / "models" / "v001"
+    with pytest.raises(InputError):
+        logic.setActiveModel("v999")
+    assert logic.activeModelVersion() == "v001"
+
+
+# ---- background training -------------------------------------------------------------------
+def add_phantom_case(logic, ct, liver, phantom):
+    segmentation = mrml.new_segmentation_node(logic.scene, ct, "truth")
+    tumor_id = mrml.write_segment(segmentation, phantom.labels.array == 2, ct, name="Liver tumor")
+    return logic.addCase(ct, *liver, segmentation, tumor_id)
+
+
+def drive(job, timeout=JOB_TIMEOUT_S, stop_after_first=False):
+    """Poll as the Widget's QTimer does; returns all progress dicts."""
+    seen, deadline = [], time.monotonic() + timeout
+    while not job.finished:
+        seen += job.poll()
+        if stop_after_first and seen and not job.cancelled:
+            job.cancel()
+        assert time.monotonic() < deadline, f"job did not finish in {timeout} s: {job.log[-5:]}"
+        time.sleep(0.2)
+    return seen
+
+
+def test_training_job_runs_to_completion(library_with_model, ct, liver, phantom):
+    logic = library_with_model
+    add_phantom_case(logic, ct, liver, phantom)
+    job = logic.startTraining(minutes=2.0, maxSteps=2, seed=1)
+    assert "--init" in job.command and str(logic.libraryPath / "models" / "v001") in job.command
+    assert job.outPath == logic.libraryPath / "models" / "v002"
+    seen = drive(job)
+    assert job.error is None and not job.cancelled and job.returncode == 0, job.log
+    stages = [info["stage"] for info in seen]
+    assert "train" in stages and stages[-1] == "done"
+    assert job.result["model"] == str(job.outPath)
+    assert (job.outPath / "model.pt").is_file()
+    percents = [describeProgress(info)[0] for info in seen]
+    assert percents[-1] == 100 and max(percents[:-1]) <= 100
+    assert "v002" in [m.version for m in logic.listModels()]
+    assert logic.activeModelVersion() == "v001"  # a new version does not activate itself
+    logic.setActiveModel("v002")
+    assert logic.activeModelVersion() == "v002"
+
+
+def test_training_job_cancel_stops_the_process_tree(library_with_model, ct, liver, phantom):
+    logic = library_with_model
+    add_phantom_case(logic, ct, liver, phantom)
+    job = logic.startTraining(minutes=30.0, maxSteps=100000)
+    seen = drive(job, stop_after_first=True)
+    assert seen and job.cancelled and job.error is None
+    assert not job.outPath.exists()
+    assert [m.version for m in logic.listModels()][-1] == "v001"
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(job.pid, 0)  # no process of the group is left
+
+
+def test_failed_training_reports_the_cli_error(logic, ct, liver, phantom):
+    add_phantom_case(logic, ct, liver, phantom)
+    broken = logic.libraryPath / "models" / "v001"
+    broken.mkdir(parents=True)
+    (broken / "model.pt").write_bytes(b"not a model")
+    logic.setActiveModel("v001")
+    job = logic.startTraining(minutes=1.0, maxSteps=1)
+    drive(job, timeout=120)
+    assert job.returncode == 2 and not job.cancelled
+    assert "not a readable model file" in job.error
+    with pytest.raises(InputError, match="not a readable model file"):
+        job.wait()
+
+
+def test_training_needs_cases(logic):
+    with pytest.raises(InputError, match="no cases"):
+        logic.train(minutes=1.0)
+
+
+def test_describe_progress():
+    assert describeProgress({"stage": "prepare", "step": 1, "total": 2})[0] == 2
+    percent, text = describeProgress({"stage": "train", "step": 50, "total": 100, "elapsed_s": 75, "eta_s": 61, "loss": 0.5})
+    assert percent == 50 and "step 50/100" in text and "1:15 elapsed" in text and "about 1:01 left" in text
+    assert describeProgress({"stage": "done", "validation": {"dice": 0.71}}) == (100, "Done: validation Dice 0.710")
