@@ -16,3 +16,26 @@ def data_dir() -> Path:
 def totalseg_dir(data_dir) -> Path:
     """Real abdominal CT fixtures (TotalSegmentator test files): a DICOM series, a small NIfTI CT, liver masks."""
     return data_dir / "totalsegmentator"
+
+
+@pytest.fixture(scope="session")
+def phantom_case_dirs(tmp_path_factory) -> list:
+    """Two small phantom case folders (image.nrrd, label.nrrd, case.json) as the CLI reads them."""
+    from LiverTumorSegLib.phantom import PhantomSettings, write_phantom_cases
+
+    return write_phantom_cases(tmp_path_factory.mktemp("cases"), 2, seed=5, settings=PhantomSettings.small())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, phantom_case_dirs) -> Path:
+    """A real model trained here for a few steps on those phantoms and saved as a model folder."""
+    from LiverTumorSegLib import io as lio
+    from LiverTumorSegLib.modelstore import save_model
+    from LiverTumorSegLib.training import TrainSettings, train_model
+
+    cases = []
+    for folder in phantom_case_dirs:
+        image = lio.read_image(folder / "image.nrrd")
+        cases.append((folder.name, image, lio.read_labels(folder / "label.nrrd", reference=image)))
+    model = train_model(cases, TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2))
+    return save_model(model, tmp_path_factory.mktemp("models") / "v001")

@@ -141,6 +141,7 @@ def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -
         raise InputError("the label map is not on the CT's grid; resample it to the CT first")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a case library may be shared
     try:
         lio.write_image(image, tmp / "image.nrrd")
         lio.write_labelmap(labels, tmp / "label.nrrd")
