@@ -1,0 +1,237 @@
+"""Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
+the CT grid -> threshold inside the liver -> drop specks -> lesion table.
+
+Speed (METHOD.md): small windows at 50% overlap compute each voxel ~8 times, and one window per
+forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
+statistics, so it runs over the whole liver box in one pass when that fits in memory, else over
+a few large tiles that overlap only by a context halo which is cut away (no blending needed).
+Arrays are (z, y, x); probabilities float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .lesions import lesion_table
+from .preprocess import prepare_case
+from .volume import Volume
+
+# One pass over at most this many working voxels (about 0.8 GB of activations for MHP-Net).
+MAX_TILE_VOXELS = 160**3
+# Context kept around each tile's core and then cut away (working voxels, multiple of 8).
+TILE_HALO = 16
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass
+class SegmentResult:
+    """probability: float32 on the CT grid (0 outside the liver); tumor: uint8 1 = tumor;
+    lesions: lesions.Lesion list, largest first; timings: seconds per stage."""
+
+    probability: Volume
+    tumor: Volume
+    lesions: list
+    threshold: float
+    timings: dict = field(default_factory=dict)
+
+
+def segment(
+    image: Volume,
+    liver: np.ndarray | None,
+    model,
+    threshold: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> SegmentResult:
+    """Tumor probability, mask and lesion table for a CT in HU. `liver` (bool, CT grid) confines the
+    search and makes it fast; None searches the whole image. threshold None = the model's own."""
+    threshold = float(model.threshold if threshold is None else threshold)
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"threshold {threshold} is outside (0, 1); use e.g. 0.5")
+    start = time.perf_counter()
+    timings = {}
+
+    def report(stage: str, step: int, total: int) -> None:
+        if progress is not None:
+            progress({"stage": stage, "step": step, "total": total, "elapsed_s": time.perf_counter() - start})
+
+    report("prepare", 0, 1)
+    prepared = prepare_case(image, liver, model.feature_settings)
+    timings.update(prepared.timings)
+    t = time.perf_counter()
+    prob_work = predict_probability(model.network, prepared.features, progress=lambda i, n: report("network", i, n))
+    timings["network_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probability = prepared.to_input_grid(prob_work)
+    del prob_work
+    if liver is not None:
+        z0, z1, y0, y1, x0, x1 = prepared.box
+        probability[z0:z1, y0:y1, x0:x1] *= liver[z0:z1, y0:y1, x0:x1]
+    timings["to_input_grid_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report("postprocess", 0, 1)
+    mask = mask_from_probability(probability, liver, threshold, image.spacing_zyx, model.min_lesion_mm3)
+    timings["threshold_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lesions = lesions_in_box(mask, image, probability, prepared.box)
+    timings["lesions_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - start
+    report("done", 1, 1)
+    tumor = image.with_array(mask.view(np.uint8))
+    return SegmentResult(image.with_array(probability), tumor, lesions, threshold, timings)
+
+
+def mask_from_probability(
+    probability: np.ndarray,
+    liver: np.ndarray | None,
+    threshold: float,
+    spacing_zyx,
+    min_lesion_mm3: float,
+) -> np.ndarray:
+    """Tumor mask (bool, same grid): probability >= threshold, inside the liver, 26-connected
+    components of at least min_lesion_mm3 kept. Cheap enough for a threshold slider: the
+    component labelling runs only over the bounding box of the voxels above threshold."""
+    mask = np.asarray(probability) >= threshold
+    if liver is not None:
+        mask &= np.asarray(liver, dtype=bool)
+    box = _bounding_box(mask)
+    if box is None:
+        return mask
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    min_voxels = int(np.ceil(min_lesion_mm3 / voxel_mm3)) if min_lesion_mm3 > 0 else 0
+    if min_voxels > 1:
+        sub = mask[box]
+        components, count = ndimage.label(sub, structure=_CONNECTIVITY_26)
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        keep = sizes >= min_voxels
+        keep[0] = False
+        mask[box] = keep[components]
+    return mask
+
+
+def lesions_in_box(mask: np.ndarray, image: Volume, probability: np.ndarray, box) -> list:
+    """lesions.lesion_table over the liver box only (same results, a fraction of the work)."""
+    z0, z1, y0, y1, x0, x1 = box
+    if not mask[z0:z1, y0:y1, x0:x1].any():
+        return []
+    origin = image.index_to_lps(np.array([[z0, y0, x0]], dtype=float))[0]
+    sub_image = Volume(image.array[z0:z1, y0:y1, x0:x1], image.spacing, tuple(origin), image.direction)
+    return lesion_table(mask[z0:z1, y0:y1, x0:x1], sub_image, probability[z0:z1, y0:y1, x0:x1])
+
+
+def predict_probability(
+    network,
+    features: np.ndarray,
+    max_tile_voxels: int = MAX_TILE_VOXELS,
+    halo: int = TILE_HALO,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Sigmoid output of the network over a (C, z, y, x) working-grid volume, (z, y, x) float32."""
+    import torch
+
+    network.eval()
+    multiple = int(getattr(network, "size_multiple", 8))
+    shape = features.shape[1:]
+    out = np.empty(shape, dtype=np.float32)
+    tiles = plan_tiles(shape, max_tile_voxels, halo, multiple)
+    with torch.inference_mode():
+        fast = _inference_copy(network)
+        for i, (core, region) in enumerate(tiles):
+            if progress is not None:
+                progress(i, len(tiles))
+            block, placed = _padded_block(features, region, multiple)
+            x = torch.from_numpy(block)[None].contiguous(memory_format=torch.channels_last_3d)
+            logits = fast(x)[0, 0]
+            prob = torch.sigmoid(logits[placed]).numpy()
+            inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
+            out[core] = prob[inner]
+    if progress is not None:
+        progress(len(tiles), len(tiles))
+    return out
+
+
+def plan_tiles(shape, max_voxels: int, halo: int, multiple: int = 8) -> list:
+    """Tiles as (core slices, region slices): cores partition the volume, regions add `halo`
+    voxels of context. Picks the tile counts per axis that compute the fewest voxels in total."""
+    shape = tuple(int(n) for n in shape)
+    if halo % multiple:
+        raise ValueError(f"halo {halo} must be a multiple of {multiple}")
+
+    def padded(n):
+        return -(-n // multiple) * multiple
+
+    if padded(shape[0]) * padded(shape[1]) * padded(shape[2]) <= max_voxels:
+        return [(tuple(slice(0, n) for n in shape), tuple(slice(0, n) for n in shape))]
+    best = None
+    for counts in itertools.product(range(1, 17), repeat=3):
+        # Cores (and so regions, halo being a multiple too) start on the pooling grid, so a tile
+        # computes exactly what one pass over the whole volume would.
+        cores = [padded(-(-n // k)) for n, k in zip(shape, counts)]
+        sizes = [padded(c + (2 * halo if k > 1 else 0)) for c, k in zip(cores, counts)]
+        if np.prod(sizes, dtype=np.int64) > max_voxels:
+            continue
+        cost = int(np.prod(sizes, dtype=np.int64)) * int(np.prod(counts))
+        if best is None or cost < best[0]:
+            best = (cost, counts, cores)
+    if best is None:
+        raise InputError("the image is too large to tile; crop it to the liver region first")
+    _, counts, cores = best
+    per_axis = []
+    for n, k, c in zip(shape, counts, cores):
+        axis = []
+        for j in range(k):
+            lo, hi = j * c, min(n, (j + 1) * c)
+            if lo < hi:
+                axis.append((slice(lo, hi), slice(max(0, lo - halo), min(n, hi + halo))))
+        per_axis.append(axis)
+    return [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]
+
+
+def _padded_block(features: np.ndarray, region, multiple: int):
+    """The region's features, edge-padded at the end of each axis to a multiple of `multiple`;
+    returns the block and the slices where the region sits inside it."""
+    block = features[(slice(None),) + tuple(region)]
+    pad = [(0, 0)] + [(0, (-(r.stop - r.start)) % multiple) for r in region]
+    if any(p[1] for p in pad):
+        block = np.pad(block, pad, mode="edge")
+    placed = tuple(slice(0, r.stop - r.start) for r in region)
+    return np.ascontiguousarray(block, dtype=np.float32), placed
+
+
+def _inference_copy(network):
+    """A copy of the network for inference: batch norm folded into the convolutions and
+    channels-last memory layout (about 1.3x faster on CPU); the trained network is untouched."""
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fast = copy.deepcopy(network).eval()
+    for module in fast.modules():
+        if isinstance(module, torch.nn.Sequential):
+            layers = list(module)
+            for i in range(len(layers) - 1):
+                if isinstance(layers[i], torch.nn.Conv3d) and isinstance(layers[i + 1], torch.nn.BatchNorm3d):
+                    module[i] = fuse_conv_bn_eval(layers[i], layers[i + 1])
+                    module[i + 1] = torch.nn.Identity()
+    return fast.to(memory_format=torch.channels_last_3d)
+
+
+def _bounding_box(mask: np.ndarray):
+    """Slices of the smallest box holding all True voxels, or None."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)

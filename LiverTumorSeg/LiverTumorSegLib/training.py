@@ -1,0 +1,380 @@
+"""Train MHP-Net (or the U-Net baseline) from a handful of labelled cases in minutes on a CPU.
+
+prepare every case (liver box, working grid, Hessian channels) -> hold out validation data ->
+Adam on Dice + BCE over balanced, augmented patches inside the liver, until the time budget or
+max_steps -> the exponential moving average of the weights is the model (it does not depend on
+where a time budget happened to stop the run) -> choose the decision threshold on the held-out
+data by Dice and store it in the model (a net trained on tumor-rich patches is not calibrated
+at 0.5 for a whole liver).
+
+Validation: by case when there are >= 3 cases and >= 2 of them hold tumors; otherwise one
+z-slab of the liver around one tumor is left out of training (training patches never reach
+into it); with a single tumor nothing can be held out and the threshold is chosen on the
+training cases (meta validation mode "in-sample", an optimistic Dice).
+Deterministic: the same cases, settings and seed give the same weights (same machine and thread
+count; a time budget that ends the run before max_steps ends it at a machine-dependent step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .modelstore import TrainedModel
+from .patches import CaseSampler, PatchSettings, draw_batch
+from .preprocess import FeatureSettings, Prepared, prepare_case
+from .volume import Volume
+
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
+
+
+@dataclass
+class TrainSettings:
+    """seed; budget: minutes of wall time and max_steps (whichever ends first); patch and batch;
+    Adam learning rate (x fine_tune_lr_factor when starting from a model); architecture
+    ("mhpnet" | "unet3d") and widths (None = the architecture's); use_hessian None = the
+    architecture's default (MHP-Net yes, U-Net no); validation "auto" | "cases" | "region" |
+    "in-sample"."""
+
+    seed: int = 0
+    minutes: float = 5.0
+    max_steps: int = 2000
+    patch_size: int = 48
+    batch_size: int = 4
+    lr: float = 2e-3
+    fine_tune_lr_factor: float = 0.5
+    warmup_steps: int = 20
+    ema_decay: float = 0.99
+    arch: str = "mhpnet"
+    widths: tuple | None = None
+    use_hessian: bool | None = None
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    patches: PatchSettings | None = None
+    validation: str = "auto"
+    val_fraction: float = 0.25
+    min_lesion_mm3: float = 30.0
+
+    def __post_init__(self):
+        if self.minutes <= 0 or self.max_steps < 1:
+            raise InputError("the training budget needs minutes > 0 and max_steps >= 1")
+        if self.patch_size % 8 or self.patch_size < 16:
+            raise InputError(f"patch_size {self.patch_size} must be a multiple of 8, at least 16")
+        if self.validation not in ("auto", "cases", "region", "in-sample"):
+            raise InputError(f"validation {self.validation!r}: use auto, cases, region or in-sample")
+        if self.patches is None:
+            self.patches = PatchSettings(size=self.patch_size)
+        self.patches.size = self.patch_size
+
+    def feature_settings(self) -> FeatureSettings:
+        use = self.use_hessian if self.use_hessian is not None else self.arch == "mhpnet"
+        return FeatureSettings.from_dict({**self.features.to_dict(), "use_hessian": bool(use)})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = self.features.to_dict()
+        return d
+
+
+@dataclass
+class _Split:
+    """Which prepared cases train, and the validation pieces: (case index, z-slab or None)."""
+
+    train: list
+    allowed: dict
+    validation: list
+    mode: str
+
+
+def train_model(
+    cases: list,
+    settings: TrainSettings | None = None,
+    init: TrainedModel | None = None,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainedModel:
+    """Train on [(case_id, CT Volume in HU, labels Volume 0/1/2)]. With `init`, fine-tune that model
+    (its network and feature settings) on all the given cases, old ones replayed with new ones.
+    Raises Cancelled when should_stop() turns true, InputError for unusable cases."""
+    import torch
+
+    settings = settings or TrainSettings()
+    start = time.perf_counter()
+    clock = _Clock(start, progress, should_stop)
+    _check_cases(cases)
+    features = init.feature_settings if init is not None else settings.feature_settings()
+    prepared = []
+    for i, (case_id, image, labels) in enumerate(cases):
+        clock.check()
+        prepared.append(prepare_case(image, labels.array > 0, features, labels=labels.array))
+        clock.report("prepare", i + 1, len(cases))
+
+    rng = np.random.default_rng(settings.seed)
+    split = _split_validation(prepared, settings, rng)
+    hard = features.channel_names.index("hessian_dark") if "hessian_dark" in features.channel_names else None
+    samplers = [
+        CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), split.allowed.get(i), hard)
+        for i, p in enumerate(prepared)
+        if i in split.train
+    ]
+    network, spec = _initial_network(settings, features, init)
+    lr = settings.lr * (settings.fine_tune_lr_factor if init is not None else 1.0)
+    val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
+    deadline = start + settings.minutes * 60.0 - val_reserve_s
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock)
+    finally:
+        torch.use_deterministic_algorithms(previous_det)
+    train_seconds = time.perf_counter() - start
+
+    validation = _validate(averaged, prepared, split, settings, features, clock)
+    meta = {
+        "created": _now(),
+        "parent": None if init is None else init.meta.get("version"),
+        "training_cases": [case_id for case_id, _, _ in cases],
+        "validation_cases": [cases[i][0] for i, _ in split.validation],
+        "settings": settings.to_dict(),
+        "seed": settings.seed,
+        "steps": steps,
+        "final_loss": last_loss,
+        "validation": validation,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "n_parameters": int(sum(p.numel() for p in averaged.parameters())),
+        "n_tumors": int(sum(s.n_tumors for s in samplers)),
+    }
+    averaged.eval()
+    return TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
+
+
+class _Clock:
+    """Progress reports and the cancel check, with elapsed time since the start (s)."""
+
+    def __init__(self, start, progress, should_stop):
+        self.start, self.progress, self.should_stop = start, progress, should_stop
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("training cancelled; no model was written")
+
+    def report(self, stage: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None) -> None:
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.start
+            self.progress({"stage": stage, "step": step, "total": total, "elapsed_s": round(elapsed, 2),
+                           "eta_s": None if eta_s is None else round(eta_s, 1), "loss": loss})
+
+
+def _check_cases(cases) -> None:
+    if not cases:
+        raise InputError("no training cases; add at least one case with a liver and tumor labels")
+    for case_id, image, labels in cases:
+        if labels.shape != image.shape:
+            raise InputError(f"case {case_id}: labels {labels.shape} are not on the CT grid {image.shape}")
+        if not np.any(labels.array > 0):
+            raise InputError(f"case {case_id} has no liver label (1 or 2); label the liver before training")
+    if not any(np.any(labels.array == 2) for _, _, labels in cases):
+        raise InputError("none of the cases has a tumor label (2); label at least one tumor before training")
+
+
+def _hu_per_unit(prepared: Prepared, features: FeatureSettings) -> list:
+    """HU per unit of each channel, for intensity jitter (None: Hessian channel)."""
+    lo, hi = features.hu_window
+    per = {"ct_liver": prepared.spread_hu, "ct_window": hi - lo}
+    return [per.get(name) for name in prepared.channel_names]
+
+
+def _split_validation(prepared: list, settings: TrainSettings, rng: np.random.Generator) -> _Split:
+    """Hold out cases, or a z-slab around one tumor, or nothing (see the module docstring)."""
+    n = len(prepared)
+    with_tumor = [i for i, p in enumerate(prepared) if p.tumor.any()]
+    n_components = [_count_components(prepared[i].tumor) for i in range(n)]
+    mode = settings.validation
+    if mode == "auto":
+        mode = "cases" if n >= 3 and len(with_tumor) >= 2 else ("region" if sum(n_components) >= 2 else "in-sample")
+    if mode == "cases" and len(with_tumor) >= 2 and n >= 2:
+        k = min(len(with_tumor) - 1, max(1, int(round(settings.val_fraction * n))))
+        held = sorted(int(i) for i in rng.permutation(with_tumor)[:k])
+        return _Split([i for i in range(n) if i not in held], {}, [(i, None) for i in held], "cases")
+    if mode in ("cases", "region") and sum(n_components) >= 2:
+        return _region_split(prepared, n_components, settings, rng)
+    return _Split(list(range(n)), {}, [(i, None) for i in range(n)], "in-sample")
+
+
+def _count_components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3, 3), bool))[1])
+
+
+def _region_split(prepared, n_components, settings, rng) -> _Split:
+    """Leave out a z-slab (val_fraction of the liver's height, at least one patch) centred on one
+    tumor of the case with the most tumors; training centres keep half a patch away from it."""
+    from scipy import ndimage
+
+    i = int(np.argmax(n_components))
+    p = prepared[i]
+    components, count = ndimage.label(p.tumor, structure=np.ones((3, 3, 3), bool))
+    centres = ndimage.center_of_mass(p.tumor, components, range(1, count + 1))
+    zc = int(round(centres[int(rng.integers(count))][0]))
+    liver_z = np.flatnonzero(p.liver.any(axis=(1, 2)))
+    height = max(settings.patch_size, int(round(settings.val_fraction * (liver_z[-1] - liver_z[0] + 1))))
+    z0 = max(0, zc - height // 2)
+    z1 = min(p.shape[0], z0 + height)
+    half = settings.patch_size // 2
+    allowed = np.ones(p.shape, dtype=bool)
+    allowed[max(0, z0 - half) : z1 + half] = False
+    if not (p.tumor & allowed).any() and all(not q.tumor.any() for j, q in enumerate(prepared) if j != i):
+        return _Split(list(range(len(prepared))), {}, [(j, None) for j in range(len(prepared))], "in-sample")
+    return _Split(list(range(len(prepared))), {i: allowed}, [(i, (z0, z1))], "region")
+
+
+def _initial_network(settings: TrainSettings, features: FeatureSettings, init: TrainedModel | None):
+    """A fresh network seeded from settings.seed (global torch RNG untouched), or a copy of init's."""
+    import copy
+
+    import torch
+
+    from .network import build_network, default_spec
+
+    if init is not None:
+        if init.spec.get("in_channels") != features.n_channels:
+            raise InputError("the initial model does not match its own feature settings; retrain it from scratch")
+        network = build_network(init.spec)
+        network.load_state_dict(copy.deepcopy(init.network.state_dict()))
+        return network, dict(init.spec)
+    spec = default_spec(settings.arch, features.n_channels, settings.widths)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        network = build_network(spec)
+    return network, spec
+
+
+def _fit(network, samplers, settings: TrainSettings, lr: float, rng, deadline: float, clock: _Clock):
+    """The optimisation loop; returns (EMA network, steps done, last smoothed loss)."""
+    import torch
+
+    averaged = _EMA(network, settings.ema_decay)
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    network.train()
+    step, smoothed = 0, None
+    loop_start = time.perf_counter()
+    while step < settings.max_steps and (step == 0 or time.perf_counter() < deadline):
+        clock.check()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
+        x, target, weight = (torch.from_numpy(a) for a in draw_batch(samplers, settings.batch_size, settings.patches, rng))
+        logits = network(x)
+        loss = dice_bce_loss(logits, target, weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        averaged.update(network, step)
+        step += 1
+        value = float(loss.detach())
+        smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+        per_step = (time.perf_counter() - loop_start) / step
+        total = int(min(settings.max_steps, step + max(0.0, deadline - time.perf_counter()) / per_step))
+        clock.report("train", step, max(total, step), eta_s=(total - step) * per_step, loss=round(smoothed, 4))
+    return averaged.network, step, None if smoothed is None else round(smoothed, 4)
+
+
+class _EMA:
+    """Exponential moving average of weights and batch-norm buffers (warm start: early steps
+    average over fewer steps)."""
+
+    def __init__(self, network, decay: float):
+        import copy
+
+        self.network = copy.deepcopy(network)
+        self.decay = decay
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+
+    def update(self, network, step: int) -> None:
+        import torch
+
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            ours = self.network.state_dict()
+            for name, value in network.state_dict().items():
+                if value.dtype.is_floating_point:
+                    ours[name].mul_(decay).add_(value, alpha=1.0 - decay)
+                else:
+                    ours[name].copy_(value)
+
+
+def dice_bce_loss(logits, target, weight):
+    """Soft Dice over the whole batch + BCE, both over voxels with weight 1 (the liver); a batch
+    without tumor still pays for false positives through the Dice denominator."""
+    import torch
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    bce = bce / weight.sum().clamp_min(1.0)
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    dice = 1.0 - (2.0 * (prob * t).sum() + 1.0) / (prob.sum() + t.sum() + 1.0)
+    return bce + dice
+
+
+def _validate(network, prepared, split: _Split, settings, features, clock: _Clock) -> dict:
+    """Probability over each validation piece; the threshold with the best pooled Dice inside the
+    liver (histograms give every threshold at once), then the Dice at that threshold with specks
+    below min_lesion_mm3 removed, as inference will do."""
+    from .inference import mask_from_probability, predict_probability
+
+    clock.report("validate", 0, len(split.validation))
+    edges = np.concatenate([[0.0], np.asarray(THRESHOLDS), [1.0 + 1e-6]])
+    tumor_hist = np.zeros(len(edges) - 1)
+    other_hist = np.zeros(len(edges) - 1)
+    pieces = []
+    for k, (i, slab) in enumerate(split.validation):
+        clock.check()
+        p = prepared[i]
+        z0, z1 = slab if slab is not None else (0, p.shape[0])
+        lo, hi = max(0, z0 - 16), min(p.shape[0], z1 + 16)
+        prob = predict_probability(network, p.features[:, lo:hi])[z0 - lo : z1 - lo]
+        liver, truth = p.liver[z0:z1], p.tumor[z0:z1]
+        tumor_hist += np.histogram(prob[liver & truth], edges)[0]
+        other_hist += np.histogram(prob[liver & ~truth], edges)[0]
+        pieces.append((prob, liver, truth, p.work_spacing_zyx))
+        clock.report("validate", k + 1, len(split.validation))
+    # Voxels at or above THRESHOLDS[j] are the histogram bins j+1 onwards.
+    true_total = tumor_hist.sum()
+    if true_total == 0:
+        return {"dice": None, "threshold": 0.5, "mode": split.mode, "dice_at_0.5": None}
+    tp = np.cumsum(tumor_hist[::-1])[::-1][1:]
+    predicted = tp + np.cumsum(other_hist[::-1])[::-1][1:]
+    dice_raw = 2 * tp / np.maximum(predicted + true_total, 1)
+    if dice_raw.max() <= 0:  # nothing found at any threshold: no evidence to move away from 0.5
+        best = THRESHOLDS.index(0.5)
+    else:  # ties go to the threshold nearest 0.5
+        best = int(np.argmax(dice_raw - 1e-9 * np.abs(np.asarray(THRESHOLDS) - 0.5)))
+    threshold = float(THRESHOLDS[best])
+
+    def pooled_dice(t: float) -> float:
+        inter = pred = true = 0
+        for prob, liver, truth, spacing in pieces:
+            mask = mask_from_probability(prob, liver, t, spacing, settings.min_lesion_mm3)
+            inter += np.count_nonzero(mask & truth)
+            pred += np.count_nonzero(mask)
+            true += np.count_nonzero(truth)
+        return 2.0 * inter / max(pred + true, 1)
+
+    return {
+        "dice": round(pooled_dice(threshold), 4),
+        "threshold": threshold,
+        "mode": split.mode,
+        "dice_at_0.5": round(pooled_dice(0.5), 4),
+        "dice_by_threshold": {f"{t:.2f}": round(float(d), 4) for t, d in zip(THRESHOLDS, dice_raw)},
+    }
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
