@@ -36,13 +36,15 @@ def hessian_channels(
     polarities=("dark", "bright"),
     combine: str = "max",
     max_slab_voxels: int = 8_000_000,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blob channels (C, z, y, x) float32.
 
     combine="max": one channel per polarity, the maximum over scales (valid because responses
     are scale-normalised); "stack": one channel per (polarity, scale), polarity-major.
     Volumes above max_slab_voxels are processed in z-slabs with enough overlap that the result
-    is the same; the temporaries (about 12 volumes) then stay slab-sized.
+    is the same; the temporaries (about 12 volumes) then stay slab-sized. `out`: an existing
+    float32 (C, z, y, x) array to fill (e.g. part of a features array).
     """
     if combine not in ("max", "stack"):
         raise ValueError(f"combine must be 'max' or 'stack', not {combine!r}")
@@ -58,7 +60,10 @@ def hessian_channels(
     image = np.asarray(image, dtype=np.float32)
     factors = [_block_factors(image.shape, spacing, s) for s in scales_mm]
     n_out = len(polarities) * (len(scales_mm) if combine == "stack" else 1)
-    out = np.empty((n_out,) + image.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty((n_out,) + image.shape, dtype=np.float32)
+    elif out.shape != (n_out,) + image.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {(n_out,) + image.shape}")
     for core, region in _slabs(image.shape, spacing, scales_mm, factors, max_slab_voxels):
         block = _channels(image[region], spacing, scales_mm, polarities, combine, factors)
         out[:, core] = block[:, core.start - region.start : core.stop - region.start]

@@ -27,7 +27,7 @@ class PatchSettings:
     augmentation ranges. intensity_scale: +- relative gain on every channel; intensity_shift_hu:
     +- offset (HU) on the intensity channels, converted to each channel's units."""
 
-    size: int = 48
+    size: int = 32
     fractions: tuple = (0.3, 0.25, 0.25, 0.2)
     flip: bool = True
     rotate90: bool = True

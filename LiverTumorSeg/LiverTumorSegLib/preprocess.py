@@ -39,7 +39,7 @@ class FeatureSettings:
     Hessian channels are computed on the liver-relative image (or HU / 50 for "window"), in mm.
     """
 
-    spacing_mm: float = 1.5
+    spacing_mm: float = 2.0
     margin_mm: float = 12.0
     normalization: str = "liver"
     hu_window: tuple = (-100.0, 250.0)
@@ -161,15 +161,17 @@ def prepare_case(
         tumor_work = to_working_grid(np.asarray(labels)[box_slices] == 2, crop_spacing, work_shape) >= 0.5
     t1 = time.perf_counter()
     median, spread = liver_statistics(hu, liver_work if liver is not None else None, settings)
-    channels, hessian_source = normalize(hu, median, spread, settings)
-    del hu
+    # One features array filled in place: no stacking copy of a possibly large volume.
+    features = np.empty((settings.n_channels,) + work_shape, dtype=np.float32)
+    n_intensity = normalize(hu, median, spread, settings, out=features)
     t2 = time.perf_counter()
-    if settings.use_hessian:
-        blobs = hessian_channels(
-            hessian_source, work_spacing, settings.hessian_scales_mm, settings.hessian_polarities, settings.hessian_combine
+    if settings.use_hessian:  # on the liver-relative image; for "window" on HU / 50 (O(1) responses)
+        source = features[0] if settings.normalization != "window" else np.clip(hu, *settings.hu_window) / np.float32(50.0)
+        hessian_channels(
+            source, work_spacing, settings.hessian_scales_mm, settings.hessian_polarities,
+            settings.hessian_combine, out=features[n_intensity:],
         )
-        channels.extend(blobs)
-    features = np.stack(channels).astype(np.float32, copy=False)
+    del hu
     t3 = time.perf_counter()
     timings = {"crop_resample_s": t1 - t0, "normalize_s": t2 - t1, "hessian_s": t3 - t2}
     return Prepared(
@@ -250,15 +252,19 @@ def liver_statistics(hu: np.ndarray, liver: np.ndarray | None, settings: Feature
     return median, float(np.clip(mad, lo_limit, hi_limit))
 
 
-def normalize(hu: np.ndarray, median: float, spread: float, settings: FeatureSettings):
-    """Intensity channels (list of (z, y, x) float32) and the image the Hessian is computed on."""
+def normalize(hu: np.ndarray, median: float, spread: float, settings: FeatureSettings, out: np.ndarray) -> int:
+    """Write the intensity channels into out[0], out[1], ...; returns how many. "liver": (HU -
+    median) / spread clipped to +-clip; "window": the HU window mapped to [0, 1]."""
     lo, hi = settings.hu_window
-    channels = []
-    relative = None
+    n = 0
     if settings.normalization in ("liver", "both"):
-        relative = np.clip((hu - np.float32(median)) / np.float32(spread), -settings.clip, settings.clip)
-        channels.append(relative.astype(np.float32, copy=False))
+        np.subtract(hu, np.float32(median), out=out[n])
+        out[n] /= np.float32(spread)
+        np.clip(out[n], -settings.clip, settings.clip, out=out[n])
+        n += 1
     if settings.normalization in ("window", "both"):
-        channels.append(((np.clip(hu, lo, hi) - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32))
-    hessian_source = relative if relative is not None else np.clip(hu, lo, hi) / np.float32(50.0)
-    return channels, hessian_source
+        np.clip(hu, lo, hi, out=out[n])
+        out[n] -= np.float32(lo)
+        out[n] /= np.float32(hi - lo)
+        n += 1
+    return n

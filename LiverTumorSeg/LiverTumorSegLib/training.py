@@ -43,7 +43,7 @@ class TrainSettings:
     seed: int = 0
     minutes: float = 5.0
     max_steps: int = 2000
-    patch_size: int = 48
+    patch_size: int = 32
     batch_size: int = 4
     lr: float = 2e-3
     fine_tune_lr_factor: float = 0.5
