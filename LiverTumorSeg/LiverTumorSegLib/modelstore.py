@@ -85,8 +85,8 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise ModelError(
-            f"no model at {path} (expected {weights.name}); train one (`livertumorseg train`) "
-            "or choose another model folder"
+            f"no model at {path}: expected a model folder holding {WEIGHTS_FILE} (or that file); "
+            "train one (`livertumorseg train`) or choose another model folder"
         )
     try:
         payload = torch.load(weights, map_location="cpu", weights_only=True)
