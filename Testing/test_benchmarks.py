@@ -1,0 +1,90 @@
+"""The benchmark scripts cannot rot: run their --tiny versions end to end into tmp_path and check
+the JSON they write (structure, finite numbers) and that the plots exist. The numbers themselves
+mean nothing at this size (2 training steps)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _run(script: str, out: Path, *extra: str) -> dict:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, str(BENCH / script), "--tiny", "--threads", "1", "--out", str(out), "--work", str(out / "work"), *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads((out / script.replace(".py", ".json")).read_text())
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small_data")
+    return out, _run("small_data.py", out, "--models", "mhpnet", "unet3d")
+
+
+def test_small_data_json_structure(small_data):
+    out, result = small_data
+    assert result["benchmark"] == "small_data"
+    assert result["completed_runs"] == result["planned_runs"] == 4  # 2 threshold floors + 2 networks
+    assert result["missing_runs"] == []
+    assert set(result["test_sets"]) == {"phantom", "reference_synth"}
+    summary = result["summary"]
+    for test in ("phantom", "reference_synth"):
+        assert set(summary[test]) == {"mhpnet", "unet3d", "threshold", "threshold_relative"}
+        for model, per_k in summary[test].items():
+            entry = per_k["2"]
+            for metric in ("dice_mean", "dice_global"):
+                assert _finite(entry[metric]["mean"]) and 0.0 <= entry[metric]["mean"] <= 1.0, (model, metric)
+                assert _finite(entry[metric]["std"])
+            assert set(entry["recall_by_size"]) == {"<10mm", "10-20mm", ">20mm"}
+            assert _finite(entry["per_case_dice_pooled"]["mean"])
+    for run in result["runs"]:
+        assert run["train"]["training_cases"]
+        for row in run["phantom"]["per_case"]:
+            assert _finite(row["dice"]) and _finite(row["seconds"])
+        if not run["model"].startswith("threshold"):
+            assert run["train"]["steps"] == 2
+    # The training set holds exactly K tumors.
+    assert result["training_sets"]["0"]["2"]["tumors"] == 2
+    _png(out / "small_data.png")
+
+
+def test_small_data_resumes_from_cache(small_data):
+    """A second invocation finds every run cached and only rebuilds the report."""
+    out, first = small_data
+    again = _run("small_data.py", out, "--models", "mhpnet", "unet3d", "--report-only")
+    assert again["completed_runs"] == first["completed_runs"]
+    assert again["summary"] == first["summary"]
+
+
+def test_speed_json_structure(tmp_path):
+    result = _run("speed.py", tmp_path)
+    assert result["benchmark"] == "speed"
+    rows = result["segment"]
+    assert {r["arch"] for r in rows} == {"mhpnet", "unet3d"}
+    for row in rows:
+        for stage in ("read_s", "hessian_s", "network_s", "to_input_grid_s", "write_s", "total_s", "segment_s"):
+            assert _finite(row["median"][stage]) and row["median"][stage] >= 0, stage
+        assert row["median"]["total_s"] >= row["median"]["network_s"]
+        assert _finite(row["peak_rss_mib"]) and row["peak_rss_mib"] > 50
+    for arch in ("mhpnet", "unet3d"):
+        training = result["training_to_target"][arch]
+        assert training["history"] and _finite(training["wall_s"])
+    ratio = result["ratios"]["unet3d_over_mhpnet_by_slices"]
+    assert ratio and all(_finite(v) for r in ratio.values() for v in r.values())
+    _png(tmp_path / "speed.png")
