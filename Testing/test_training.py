@@ -49,15 +49,16 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_trained_model_segments_an_unseen_case(trained):
-    """Dice > 0.5 on a case it never saw. Chance level is the tumor fraction of the liver (~0.05);
-    an untrained network scores ~0; the gap to 0.5 is what 120 steps of learning must deliver."""
+    """Dice > 0.7 on a case it never saw (the paper's level; measured 0.87-0.94 on held-out seeds
+    21-24 with these settings). Chance level is the tumor fraction of the liver (~0.05) and an
+    untrained network scores ~0, so 0.7 can only be reached by learning."""
     model, reports = trained
     case = make_phantom(TEST_SEED, PHANTOM)
     liver = case.labels.array > 0
     result = segment(case.image, liver, model)
     truth = case.labels.array == 2
     score = dice(result.tumor.array > 0, truth)
-    assert score > 0.5, (score, model.meta["validation"])
+    assert score > 0.7, (score, model.meta["validation"])
     assert result.probability.array.dtype == np.float32 and result.probability.same_grid(case.image)
     assert not (result.tumor.array[~liver]).any()
     assert result.lesions and result.lesions[0].volume_ml >= result.lesions[-1].volume_ml

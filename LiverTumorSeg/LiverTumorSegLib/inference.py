@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .lesions import lesion_table
+from .lesions import label_lesions, lesion_table
 from .preprocess import prepare_case
 from .volume import Volume
 
@@ -118,13 +118,20 @@ def mask_from_probability(
 
 
 def lesions_in_box(mask: np.ndarray, image: Volume, probability: np.ndarray, box) -> list:
-    """lesions.lesion_table over the liver box only (same results, a fraction of the work)."""
+    """lesions.lesion_table run lesion by lesion on each one's own bounding box: the same table
+    (largest first, ids 1..n), with work and memory that follow the lesions, not the image."""
     z0, z1, y0, y1, x0, x1 = box
-    if not mask[z0:z1, y0:y1, x0:x1].any():
-        return []
-    origin = image.index_to_lps(np.array([[z0, y0, x0]], dtype=float))[0]
-    sub_image = Volume(image.array[z0:z1, y0:y1, x0:x1], image.spacing, tuple(origin), image.direction)
-    return lesion_table(mask[z0:z1, y0:y1, x0:x1], sub_image, probability[z0:z1, y0:y1, x0:x1])
+    components, count = label_lesions(mask[z0:z1, y0:y1, x0:x1])
+    lesions = []
+    for i, local in enumerate(ndimage.find_objects(components)):
+        sub = tuple(slice(o + s.start, o + s.stop) for o, s in zip((z0, y0, x0), local))
+        origin = image.index_to_lps(np.array([[s.start for s in sub]], dtype=float))[0]
+        sub_image = Volume(image.array[sub], image.spacing, tuple(origin), image.direction)
+        lesions += lesion_table(components[local] == i + 1, sub_image, probability[sub])
+    lesions.sort(key=lambda lesion: -lesion.voxels)
+    for new_id, lesion in enumerate(lesions, start=1):
+        lesion.id = new_id
+    return lesions
 
 
 def predict_probability(

@@ -115,7 +115,8 @@ class Prepared:
         then in-plane a few slices at a time, so no full-size temporary is made."""
         z0, z1, y0, y1, x0, x1 = self.box
         is_bool = work_array.dtype == bool
-        out = np.full(self.input_shape, fill, dtype=bool if is_bool else np.float32)
+        dtype = bool if is_bool else np.float32
+        out = np.zeros(self.input_shape, dtype) if fill == 0 else np.full(self.input_shape, fill, dtype)
         along_z = resample(work_array.astype(np.float32, copy=False), (z1 - z0,) + tuple(work_array.shape[1:]))
         for z in range(0, z1 - z0, _SLAB):
             block = resample(along_z[z : z + _SLAB], (min(_SLAB, z1 - z0 - z), y1 - y0, x1 - x0))
@@ -142,7 +143,10 @@ def prepare_case(
             raise InputError(f"the liver mask {liver.shape} is not on the CT grid {image.shape}; resample it to the CT")
         if not liver.any():
             raise InputError("the liver mask is empty; draw or load a liver segmentation first")
-    box = liver_box(liver, image.shape, image.spacing_zyx, settings.margin_mm)
+    if liver is not None:
+        box = liver_box(liver, image.shape, image.spacing_zyx, settings.margin_mm)
+    else:  # no liver: the body (everything denser than air), not the air around it
+        box = liver_box(body_mask(image.array), image.shape, image.spacing_zyx, settings.margin_mm)
     z0, z1, y0, y1, x0, x1 = box
     crop_spacing = np.asarray(image.spacing_zyx, dtype=float)
     crop_shape = (z1 - z0, y1 - y0, x1 - x0)
@@ -183,6 +187,8 @@ def liver_box(liver: np.ndarray | None, shape, spacing_zyx, margin_mm: float) ->
     """Input-grid index box (z0, z1, y0, y1, x0, x1) of the liver plus margin_mm, clipped to the image."""
     if liver is None:
         return (0, shape[0], 0, shape[1], 0, shape[2])
+    if not np.any(liver):
+        raise InputError("the mask is empty; nothing to crop to")
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
@@ -190,6 +196,15 @@ def liver_box(liver: np.ndarray | None, shape, spacing_zyx, margin_mm: float) ->
         pad = int(np.ceil(margin_mm / spacing_zyx[axis]))
         box += [max(0, int(hits[0]) - pad), min(shape[axis], int(hits[-1]) + 1 + pad)]
     return tuple(box)
+
+
+def body_mask(hu: np.ndarray, air_hu: float = -500.0) -> np.ndarray:
+    """Voxels denser than air (HU > air_hu), the search region when no liver mask is given; the
+    whole image when nothing is (e.g. values that are not HU)."""
+    mask = np.zeros(hu.shape, dtype=bool)
+    for z in range(0, hu.shape[0], _SLAB):
+        np.greater(hu[z : z + _SLAB], air_hu, out=mask[z : z + _SLAB])
+    return mask if mask.any() else np.ones(hu.shape, dtype=bool)
 
 
 def to_working_grid(source: np.ndarray, spacing_zyx, work_shape, antialias_to_mm: float | None = None) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""Post-processing and the segment() plumbing, with a small untrained network (fast)."""
+
+import numpy as np
+import pytest
+import torch
+
+from LiverTumorSegLib.errors import InputError
+from LiverTumorSegLib.inference import mask_from_probability, segment
+from LiverTumorSegLib.modelstore import TrainedModel
+from LiverTumorSegLib.network import build_network
+from LiverTumorSegLib.preprocess import FeatureSettings
+from LiverTumorSegLib.volume import Volume
+
+
+def test_threshold_liver_and_minimum_volume():
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:8, 2:8, 2:8] = 0.9  # 216 voxels
+    prob[12:14, 12:14, 12:14] = 0.9  # 8 voxels: a speck
+    prob[15:18, 2:5, 2:5] = 0.4  # below threshold
+    liver = np.ones(prob.shape, bool)
+    liver[2:8, 2:8, 2:4] = False
+    mask = mask_from_probability(prob, liver, 0.5, (2.0, 1.0, 1.0), min_lesion_mm3=20.0)
+    assert mask.dtype == bool
+    assert mask.sum() == 6 * 6 * 4 and not mask[12:14, 12:14, 12:14].any()
+    lenient = mask_from_probability(prob, None, 0.3, (2.0, 1.0, 1.0), min_lesion_mm3=0.0)
+    assert lenient.sum() == 216 + 8 + 27
+    # 26-connectivity: a diagonal neighbour belongs to the same lesion and is kept with it.
+    prob2 = np.zeros((10, 10, 10), np.float32)
+    prob2[2:5, 2:5, 2:5] = 1.0
+    prob2[5, 5, 5] = 1.0
+    assert mask_from_probability(prob2, None, 0.5, (1.0, 1.0, 1.0), min_lesion_mm3=20.0).sum() == 28
+    assert not mask_from_probability(np.zeros((4, 4, 4)), None, 0.5, (1, 1, 1), 10.0).any()
+
+
+def tiny_model(threshold=0.5):
+    torch.manual_seed(0)
+    spec = {"arch": "mhpnet", "in_channels": 3, "widths": [4, 8]}
+    network = build_network(spec).eval()
+    return TrainedModel(network, spec, FeatureSettings(spacing_mm=3.0), threshold, 10.0, {})
+
+
+def test_segment_plumbing_with_and_without_a_liver_mask():
+    rng = np.random.default_rng(0)
+    hu = rng.normal(100, 15, (24, 40, 44)).astype(np.int16)
+    image = Volume(hu, (1.5, 1.5, 3.0), (5.0, 6.0, 7.0))
+    liver = np.zeros(hu.shape, bool)
+    liver[6:18, 10:30, 10:34] = True
+    reports = []
+    result = segment(image, liver, tiny_model(), threshold=0.3, progress=reports.append)
+    assert result.probability.same_grid(image) and result.tumor.same_grid(image)
+    assert result.tumor.array.dtype == np.uint8 and result.threshold == 0.3
+    assert (result.probability.array[~liver] == 0).all() and not result.tumor.array[~liver].any()
+    assert {r["stage"] for r in reports} >= {"prepare", "network", "postprocess", "done"}
+    whole = segment(image, None, tiny_model())
+    assert whole.probability.array.shape == hu.shape and (whole.probability.array > 0).all()
+    with pytest.raises(InputError):
+        segment(image, liver, tiny_model(), threshold=1.5)
