@@ -86,16 +86,31 @@ def longest_axial_diameter_mm(mask: np.ndarray, spacing, direction) -> float:
 def _measure(inside: np.ndarray, box: tuple[slice, ...], ct: Volume, probability: np.ndarray | None) -> Lesion:
     """One lesion from its voxels `inside` its bounding box `box` (z, y, x slices of the CT grid)."""
     voxels = int(np.count_nonzero(inside))
-    zyx = np.argwhere(inside).mean(axis=0) + [sl.start for sl in box]
+    zyx = _centroid_zyx(inside, voxels) + [sl.start for sl in box]
     return Lesion(
         id=0,
         voxels=voxels,
         volume_ml=voxels * ct.voxel_volume_mm3 / 1000.0,
         longest_axial_diameter_mm=longest_axial_diameter_mm(inside, ct.spacing, ct.direction),
-        mean_hu=float(ct.array[box][inside].mean()),
-        mean_probability=None if probability is None else float(probability[box][inside].mean()),
+        mean_hu=_mean_inside(ct.array[box], inside, voxels),
+        mean_probability=None if probability is None else _mean_inside(probability[box], inside, voxels),
         centroid_ras=tuple(float(c) for c in ct.index_to_ras(zyx[None])[0]),
     )
+
+
+def _centroid_zyx(inside: np.ndarray, voxels: int) -> np.ndarray:
+    """Mean (z, y, x) index from per-axis projections: no (N, 3) index array for a huge lesion."""
+    centroid = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        counts = np.count_nonzero(inside, axis=others)
+        centroid.append(float(np.dot(counts, np.arange(inside.shape[axis]))) / voxels)
+    return np.array(centroid)
+
+
+def _mean_inside(values: np.ndarray, inside: np.ndarray, voxels: int) -> float:
+    """Mean of `values` where `inside`, summed in place (no copy of the selected voxels)."""
+    return float(np.sum(values, where=inside, dtype=np.float64)) / voxels
 
 
 def lesion_table(mask: np.ndarray, ct: Volume, probability: np.ndarray | None = None) -> list[Lesion]:
