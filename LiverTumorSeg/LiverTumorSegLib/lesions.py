@@ -53,6 +53,16 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(count)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a mask (the mask itself when it has at most one)."""
+    labels, count = label_lesions(mask)
+    if count <= 1:
+        return np.asarray(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
 def _slice_diameter(pixels_yx: np.ndarray, axis_y: np.ndarray, axis_x: np.ndarray) -> float:
     """Largest distance (mm) between corners of the given pixels; axis_* are the mm vectors of one
     voxel step along y and x (direction column times spacing)."""

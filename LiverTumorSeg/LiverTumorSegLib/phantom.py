@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .errors import InputError
+from .lesions import largest_component
 from .volume import Volume
 
 AIR_HU = -1000.0
@@ -511,20 +512,11 @@ def _liver_level(rng: np.random.Generator, c: _Canvas, b: _Body):
     return box, inside
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
-
-
 def _paint_liver(rng: np.random.Generator, c: _Canvas, b: _Body, liver_hu: float, vessel_hu: float):
     """Gallbladder notch, parenchyma with texture, portal and hepatic vessel trees. Returns the liver box."""
     _paint_gallbladder(rng, c, b)
     box, inside = _liver_level(rng, c, b)
-    inside = _largest_component(inside)
+    inside = largest_component(inside)
     sp = c.grid.spacing
     texture = 5.0 * smooth_field(rng, inside.shape, [25.0 / d for d in sp]) + 2.5 * smooth_field(rng, inside.shape, [6.0 / d for d in sp])
     region = c.img[box]
@@ -701,7 +693,7 @@ def _try_tumor(rng, c: _Canvas, s: PhantomSettings, liver_box, depth, step, radi
         return None
     box, rho, radii = _tumor_shape(rng, c, center, radius)
     liver = c.labels[box] > 0
-    mask = _largest_component((rho < 1) & (c.labels[box] == 1))
+    mask = largest_component((rho < 1) & (c.labels[box] == 1))
     voxels = int(mask.sum())
     if voxels < 4 or np.any(ndimage.binary_dilation(mask, iterations=2) & (c.labels[box] == 2)):
         return None

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .lesions import largest_component
 from .phantom import smooth_field
 from .volume import Volume
 
@@ -74,15 +75,6 @@ def _mm_axes(box, spacing_zyx, center) -> list[np.ndarray]:
         shape[axis] = sl.stop - sl.start
         out.append(((np.arange(sl.start, sl.stop) - c) * d).astype(np.float32).reshape(shape))
     return out
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
 
 
 def _touches(mask: np.ndarray, others: np.ndarray) -> bool:
@@ -177,7 +169,7 @@ def _synthesize_one(rng, out, labels, liver, spacing, depth, step, liver_box, ra
     edge = rng.uniform(*edge_sigma_mm)
     half = np.ceil((1.6 * radii.max() + 3 * edge) / spacing).astype(int) + 1
     box = _box_around(center, half, out.shape)
-    mask = _largest_component(_deformed_ellipsoid(rng, box, spacing, center, radii) & liver[box])
+    mask = largest_component(_deformed_ellipsoid(rng, box, spacing, center, radii) & liver[box])
     if mask.sum() < 4 or _touches(mask, labels[box] == 2):
         return None
     blur = ndimage.gaussian_filter(mask.astype(np.float32), [edge / d for d in spacing])
@@ -340,7 +332,7 @@ def _paste_one(rng, patch, out, out_labels, liver, spacing, depth, step, liver_b
     mask = patch["mask"][source] & in_liver
     if mask.sum() < 0.75 * patch["voxels"] or mask.sum() < 4:
         return None
-    kept = _largest_component(mask)
+    kept = largest_component(mask)
     if kept.sum() < mask.sum() or _touches(kept, out_labels[target] == 2):
         return None  # split by the liver edge, or next to another tumor
     weight = patch["weight"][source] * in_liver
