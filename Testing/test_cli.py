@@ -148,3 +148,20 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
     assert lines[-1]["stage"] == "done" and Path(lines[-1]["model"]) == out
     meta = json.loads((out / "model.json").read_text())
     assert meta["parent"] and meta["training_cases"]
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--quick", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["mhpnet"]["n_cases"] == 3 and report["training"]["tumors"] >= 3
+    assert 0.0 <= report["mhpnet"]["dice_mean"] <= 1.0
+    seg = next(out.glob("*_tumor.seg.nrrd"))
+    ct = lio.read_image(next(out.glob("*_ct.nrrd")))
+    assert lio.read_segmentation(seg)[0].same_grid(ct)
+    assert next(out.glob("*_overlay.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "library" / "models" / "ACTIVE").read_text().strip() == "v001"
+    # A second run never writes into a folder that already holds results.
+    again = run_cli("demo", "--quick", "--out", out)
+    assert again.returncode == 2 and "not empty" in again.stderr
