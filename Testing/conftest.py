@@ -29,13 +29,10 @@ def phantom_case_dirs(tmp_path_factory) -> list:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, phantom_case_dirs) -> Path:
     """A real model trained here for a few steps on those phantoms and saved as a model folder."""
-    from LiverTumorSegLib import io as lio
+    from LiverTumorSegLib.library import read_case_folder
     from LiverTumorSegLib.modelstore import save_model
     from LiverTumorSegLib.training import TrainSettings, train_model
 
-    cases = []
-    for folder in phantom_case_dirs:
-        image = lio.read_image(folder / "image.nrrd")
-        cases.append((folder.name, image, lio.read_labels(folder / "label.nrrd", reference=image)))
+    cases = [(folder.name, *read_case_folder(folder)) for folder in phantom_case_dirs]
     model = train_model(cases, TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2))
     return save_model(model, tmp_path_factory.mktemp("models") / "v001")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .lesions import drop_small_lesions
 from .volume import Volume
 
 HU_RANGE = (-200, 400)
@@ -27,7 +28,7 @@ class ThresholdBaseline:
         """Boolean tumor mask on the image grid."""
         smooth = smoothed_hu(image, liver, self.sigma_mm)
         mask = liver & (smooth < self.threshold_hu)
-        return remove_small_components(mask, image.voxel_volume_mm3, self.min_lesion_mm3)
+        return drop_small_lesions(mask, image.voxel_volume_mm3, self.min_lesion_mm3)
 
 
 def smoothed_hu(image: Volume, liver: np.ndarray, sigma_mm: float) -> np.ndarray:
@@ -37,16 +38,6 @@ def smoothed_hu(image: Volume, liver: np.ndarray, sigma_mm: float) -> np.ndarray
     out = np.zeros(image.shape, dtype=np.float32)
     out[box] = ndimage.gaussian_filter(image.array[box].astype(np.float32), sigma)
     return out
-
-
-def remove_small_components(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarray:
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel()) * voxel_mm3
-    keep = sizes >= min_mm3
-    keep[0] = False
-    return keep[labels]
 
 
 def fit_threshold_baseline(cases: list[tuple[Volume, np.ndarray, np.ndarray]], sigma_mm: float = 1.0) -> ThresholdBaseline:

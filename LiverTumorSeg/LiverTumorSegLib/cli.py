@@ -184,8 +184,7 @@ def write_tumor_output(out: Path, tumor) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import io as lio
-    from .library import find_case_folders
+    from .library import find_case_folders, read_case_folder
     from .modelstore import load_model, save_model
     from .training import TrainSettings, train_model
 
@@ -195,10 +194,7 @@ def cmd_train(args) -> int:
     if args.minutes <= 0:
         raise InputError(f"--minutes {args.minutes} must be positive")
     folders = find_case_folders(args.cases)
-    cases = []
-    for folder in folders:
-        image = lio.read_image(folder / "image.nrrd")
-        cases.append((folder.name, image, lio.read_labels(folder / "label.nrrd", reference=image)))
+    cases = [(folder.name, *read_case_folder(folder)) for folder in folders]
     init = load_model(Path(args.init)) if args.init else None
     budget = {"max_steps": args.max_steps} if args.max_steps else {}
     hessian = {"use_hessian": False} if args.no_hessian else {}

@@ -103,10 +103,9 @@ def _fmt(value) -> str:
 
 
 def _load(folder: Path):
-    from . import io as lio
+    from .library import read_case_folder
 
-    image = lio.read_image(folder / "image.nrrd")
-    return folder.name, image, lio.read_labels(folder / "label.nrrd", reference=image)
+    return (folder.name, *read_case_folder(folder))
 
 
 def _printer():

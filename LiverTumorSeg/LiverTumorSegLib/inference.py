@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .lesions import label_lesions, lesion_table
+from .lesions import drop_small_lesions, label_lesions, lesion_table
 from .preprocess import prepare_case
 from .volume import Volume
 
@@ -27,7 +27,6 @@ from .volume import Volume
 MAX_TILE_VOXELS = 160**3
 # Context kept around each tile's core and then cut away (working voxels, multiple of 8).
 TILE_HALO = 16
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass
@@ -102,18 +101,7 @@ def mask_from_probability(
     mask = np.asarray(probability) >= threshold
     if liver is not None:
         mask &= np.asarray(liver, dtype=bool)
-    box = _bounding_box(mask)
-    if box is None:
-        return mask
-    voxel_mm3 = float(np.prod(spacing_zyx))
-    min_voxels = int(np.ceil(min_lesion_mm3 / voxel_mm3)) if min_lesion_mm3 > 0 else 0
-    if min_voxels > 1:
-        sub = mask[box]
-        components, count = ndimage.label(sub, structure=_CONNECTIVITY_26)
-        sizes = np.bincount(components.ravel(), minlength=count + 1)
-        keep = sizes >= min_voxels
-        keep[0] = False
-        mask[box] = keep[components]
+    drop_small_lesions(mask, float(np.prod(spacing_zyx)), min_lesion_mm3)
     return mask
 
 
@@ -230,15 +218,3 @@ def _inference_copy(network):
                     module[i] = fuse_conv_bn_eval(layers[i], layers[i + 1])
                     module[i + 1] = torch.nn.Identity()
     return fast.to(memory_format=torch.channels_last_3d)
-
-
-def _bounding_box(mask: np.ndarray):
-    """Slices of the smallest box holding all True voxels, or None."""
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)

@@ -53,6 +53,21 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(count)
 
 
+def drop_small_lesions(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarray:
+    """`mask` with 26-connected components below min_mm3 removed (in place, and returned).
+
+    Labelling runs only over the bounding box of the mask, so it is cheap for a threshold slider."""
+    min_voxels = int(np.ceil(min_mm3 / voxel_mm3)) if min_mm3 > 0 else 0
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    box = ndimage.find_objects(mask.astype(np.uint8, copy=False))[0]
+    components, count = label_lesions(mask[box])
+    keep = np.bincount(components.ravel(), minlength=count + 1) >= min_voxels
+    keep[0] = False
+    mask[box] = keep[components]
+    return mask
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a mask (the mask itself when it has at most one)."""
     labels, count = label_lesions(mask)

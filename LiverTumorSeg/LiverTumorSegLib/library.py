@@ -130,6 +130,14 @@ def find_case_folders(path: str | os.PathLike) -> list[Path]:
     return folders
 
 
+def read_case_folder(folder: Path) -> tuple[Volume, Volume]:
+    """(CT, labels 0/1/2 on the CT's grid) of one case folder."""
+    from . import io as lio
+
+    image = lio.read_image(Path(folder) / "image.nrrd")
+    return image, lio.read_labels(Path(folder) / "label.nrrd", reference=image)
+
+
 def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -> None:
     """Write one case folder atomically (temp folder + rename); refuses to replace an existing one."""
     from . import io as lio
@@ -220,11 +228,7 @@ class CaseLibrary:
         return folder
 
     def load_case(self, case_id: str) -> tuple[Volume, Volume]:
-        from . import io as lio
-
-        folder = self.case_path(case_id)
-        image = lio.read_image(folder / "image.nrrd")
-        return image, lio.read_labels(folder / "label.nrrd", reference=image)
+        return read_case_folder(self.case_path(case_id))
 
     def remove_case(self, case_id: str) -> None:
         """Delete a case folder (it moves to <root>/trash/ first, so a slip can be undone by hand)."""
