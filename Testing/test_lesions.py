@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from LiverTumorSegLib.lesions import Lesion, label_lesions, lesion_table, lesions_to_rows, write_lesion_csv
+from LiverTumorSegLib.lesions import (
+    Lesion,
+    drop_surface_slivers,
+    label_lesions,
+    lesion_table,
+    lesions_to_rows,
+    write_lesion_csv,
+)
 from LiverTumorSegLib.volume import Volume
 
 
@@ -98,3 +105,27 @@ def test_csv_and_rows(tmp_path):
     assert table[0][:4] == ["id", "voxels", "volume_ml", "longest_axial_diameter_mm"]
     assert table[2][5] == "" and float(table[1][2]) == 0.027
     assert [p.name for p in tmp_path.iterdir()] == ["lesions.csv"]  # atomic: no temporary left
+
+
+def test_surface_slivers_go_and_blobs_stay_even_at_the_surface():
+    spacing = (2.5, 1.0, 1.0)
+    shape = (40, 80, 80)
+    liver = sphere(shape, (50.0, 40.0, 40.0), 34.0, spacing)
+    rim = liver & ~sphere(shape, (50.0, 40.0, 40.0), 32.5, spacing)  # 1-2 voxels under the surface
+    z, _, x = np.indices(shape)
+    sliver = rim & (x < 30) & (z >= 14) & (z < 26)  # a band along the side, away from the caps
+    # A subcapsular tumor: a 10 mm ball whose edge reaches the liver surface.
+    subcapsular = sphere(shape, (50.0, 40.0, 71.0), 5.0, spacing) & liver
+    # A thin plate deep inside the liver (a flat lesion, not partial volume): kept.
+    deep = np.zeros(shape, bool)
+    deep[20, 35:45, 35:45] = True
+    mask = sliver | subcapsular | deep
+    assert sliver.sum() > 500 and label_lesions(subcapsular | deep)[1] == 2
+
+    out = drop_surface_slivers(mask.copy(), liver, spacing)
+    assert not (out & sliver).any()
+    np.testing.assert_array_equal(out, subcapsular | deep)
+    # A thinner limit keeps the sliver; the function works in place.
+    again = mask.copy()
+    assert drop_surface_slivers(again, liver, spacing, half_thickness_mm=0.5) is again
+    np.testing.assert_array_equal(again, mask)

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorSegLib.patches import CaseSampler, PatchSettings, crop_padded, draw_batch
+from LiverTumorSegLib.patches import CaseSampler, PatchSettings, crop_padded, draw_batch, polarity_plan
 
 
 def toy_case():
@@ -88,3 +88,23 @@ def test_augmentation_keeps_image_and_target_aligned():
         core = target[0] > 0.9
         outside = (target[0] < 0.1) & (weight[0] > 0)
         assert x[0][core].mean() < -2.7 and x[0][outside].mean() > -1.0
+
+
+def test_polarity_mirroring_negates_the_liver_channel_and_swaps_the_blob_channels():
+    assert polarity_plan(["ct_window", "hessian_dark", "hessian_bright"]) is None  # no liver level
+    assert polarity_plan(["ct_liver", "hessian_dark"]) is None  # no twin to swap with
+    order, signs = polarity_plan(["ct_liver", "hessian_dark_3mm", "hessian_bright_3mm"])
+    assert order.tolist() == [0, 2, 1] and signs.tolist() == [-1.0, 1.0, 1.0]
+
+    features, tumor, liver, _, _ = toy_case()
+    features[1] = np.where(tumor, 5.0, 0.0)  # a "dark blob" response on the tumors
+    features = np.concatenate([features[:2], np.zeros_like(features[:1])])
+    names = ["ct_liver", "hessian_dark", "hessian_bright"]
+    plain = PatchSettings(size=16, flip=False, rotate90=False, scale_range=(1, 1), intensity_scale=0.0,
+                          intensity_shift_hu=0.0, polarity_flip=1.0)
+    sampler = CaseSampler(features, tumor, liver, [None, None, None], flip_plan=polarity_plan(names))
+    x, target, _ = sampler.patch((20, 14, 14), plain, np.random.default_rng(0))
+    inside = target[0] > 0
+    assert inside.any()
+    assert np.all(x[0][inside] == 3.0)  # the dark tumor is now bright
+    assert np.all(x[2][inside] == 5.0) and not x[1].any()  # its dark-blob response moved to bright

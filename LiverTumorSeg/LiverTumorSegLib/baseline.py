@@ -1,7 +1,8 @@
 """The classical floor every result is compared with (METHOD.md).
 
 Light Gaussian smoothing, then one HU threshold inside the liver ("darker than T is tumor")
-fitted on the training cases, then speck removal. On single-phase data it can be hard to beat;
+fitted on the training cases, then speck removal and the same removal of thin slivers along the
+liver surface as the network's post-processing (a fair floor). On single-phase data it can be hard to beat;
 the network has to beat it clearly where scanners, phases and patients differ.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .lesions import drop_small_lesions
+from .lesions import drop_small_lesions, drop_surface_slivers
 from .volume import Volume
 
 HU_RANGE = (-200, 400)
@@ -28,7 +29,8 @@ class ThresholdBaseline:
         """Boolean tumor mask on the image grid."""
         smooth = smoothed_hu(image, liver, self.sigma_mm)
         mask = liver & (smooth < self.threshold_hu)
-        return drop_small_lesions(mask, image.voxel_volume_mm3, self.min_lesion_mm3)
+        drop_small_lesions(mask, image.voxel_volume_mm3, self.min_lesion_mm3)
+        return drop_surface_slivers(mask, liver, image.spacing_zyx)
 
 
 def smoothed_hu(image: Volume, liver: np.ndarray, sigma_mm: float) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .lesions import drop_small_lesions, label_lesions, lesion_table
+from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions, lesion_table
 from .preprocess import prepare_case
 from .volume import Volume
 
@@ -96,12 +96,16 @@ def mask_from_probability(
     min_lesion_mm3: float,
 ) -> np.ndarray:
     """Tumor mask (bool, same grid): probability >= threshold, inside the liver, 26-connected
-    components of at least min_lesion_mm3 kept. Cheap enough for a threshold slider: the
-    component labelling runs only over the bounding box of the voxels above threshold."""
+    components of at least min_lesion_mm3 kept, thin slivers along the liver surface dropped.
+    Cheap enough for a threshold slider: the component labelling runs only over the bounding
+    box of the voxels above threshold, the sliver test on each component's own box."""
     mask = np.asarray(probability) >= threshold
     if liver is not None:
-        mask &= np.asarray(liver, dtype=bool)
+        liver = np.asarray(liver, dtype=bool)
+        mask &= liver
     drop_small_lesions(mask, float(np.prod(spacing_zyx)), min_lesion_mm3)
+    if liver is not None:
+        drop_surface_slivers(mask, liver, spacing_zyx)
     return mask
 
 

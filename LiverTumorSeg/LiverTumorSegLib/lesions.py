@@ -68,6 +68,47 @@ def drop_small_lesions(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np
     return mask
 
 
+# Surface slivers (drop_surface_slivers): at most this half-thickness (mm, the largest distance
+# from a voxel inside the component to its outside) ...
+SLIVER_HALF_THICKNESS_MM = 2.0
+# ... with at least this fraction of the voxels within SLIVER_SURFACE_MM of the region's boundary.
+SLIVER_SURFACE_MM = 3.0
+SLIVER_SURFACE_FRACTION = 0.5
+
+
+def drop_surface_slivers(
+    mask: np.ndarray,
+    region: np.ndarray,
+    spacing_zyx,
+    half_thickness_mm: float = SLIVER_HALF_THICKNESS_MM,
+    surface_mm: float = SLIVER_SURFACE_MM,
+) -> np.ndarray:
+    """`mask` without thin components that hug the boundary of `region` (in place, and returned).
+
+    Where the liver meets fat or gas, partial volume makes its rim darker than the parenchyma, so
+    a thresholded probability (or HU) map grows thin false "lesions" along the liver surface;
+    they wreck lesion-wise precision. A tumor, even a subcapsular one, is a blob: thicker than
+    2 x half_thickness_mm (kept from exactly that on). Work runs per component on its padded bounding box."""
+    if not mask.any():
+        return mask
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    margin = np.ceil(surface_mm / spacing).astype(int) + 1
+    components, count = label_lesions(mask)
+    for value, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        padded = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
+        inside = components[padded] == value
+        half_thickness = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=spacing).max()
+        if half_thickness >= half_thickness_mm:
+            continue
+        # Distance to the region's outside; the crop's own border is not a boundary.
+        to_surface = ndimage.distance_transform_edt(np.asarray(region[padded], dtype=bool), sampling=spacing)
+        if np.mean(to_surface[inside] <= surface_mm) >= SLIVER_SURFACE_FRACTION:
+            mask[padded][inside] = False
+    return mask
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a mask (the mask itself when it has at most one)."""
     labels, count = label_lesions(mask)

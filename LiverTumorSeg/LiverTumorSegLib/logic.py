@@ -35,6 +35,10 @@ TUMOR_SEGMENT_ATTRIBUTE = "LiverTumorSeg.TumorSegmentID"
 THRESHOLD_ATTRIBUTE = "LiverTumorSeg.Threshold"
 MIN_LESION_ATTRIBUTE = "LiverTumorSeg.MinLesionMm3"
 MODEL_ATTRIBUTE = "LiverTumorSeg.Model"
+# "1" when Segment ran inside a liver region: the kept map is then > 0 exactly inside it
+# (PROBABILITY_FLOOR), so re-thresholding can drop liver-surface slivers the same way.
+REGION_ATTRIBUTE = "LiverTumorSeg.LiverRegion"
+PROBABILITY_FLOOR = 1e-6
 
 # Probability overlay: Slicer's heat colour map; voxels below this probability are not drawn.
 PROBABILITY_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
@@ -366,7 +370,7 @@ class LiverTumorSegLogic:
         result = run_segment(image, liver, trained, threshold=threshold, progress=progress)
         probability = np.asarray(result.probability.array, dtype=np.float32)
         if liver is not None:
-            probability = np.where(liver, probability, np.float32(0.0))
+            probability = np.where(liver, np.maximum(probability, np.float32(PROBABILITY_FLOOR)), np.float32(0.0))
 
         segmentationNode = outputSegmentationNode
         if segmentationNode is None:
@@ -381,6 +385,7 @@ class LiverTumorSegLogic:
         segmentationNode.SetNodeReferenceID(mrml.CT_ROLE, ctNode.GetID())
         segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(result.threshold):.6g}")
         segmentationNode.SetAttribute(MIN_LESION_ATTRIBUTE, f"{float(getattr(trained, 'min_lesion_mm3', 0.0)):.6g}")
+        segmentationNode.SetAttribute(REGION_ATTRIBUTE, "0" if liver is None else "1")
         modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
         segmentationNode.SetAttribute(MODEL_ATTRIBUTE, modelName)
 
@@ -410,7 +415,8 @@ class LiverTumorSegLogic:
         ct = mrml.volume_from_node(ctNode)
         probability = mrml.volume_from_node(probabilityNode).array.astype(np.float32)
         minimum = float(segmentationNode.GetAttribute(MIN_LESION_ATTRIBUTE) or 0.0)
-        mask = np.asarray(mask_from_probability(probability, None, float(threshold), ct.spacing_zyx, minimum), dtype=bool)
+        region = probability > 0 if segmentationNode.GetAttribute(REGION_ATTRIBUTE) == "1" else None
+        mask = np.asarray(mask_from_probability(probability, region, float(threshold), ct.spacing_zyx, minimum), dtype=bool)
         from . import io as lio
 
         self._writeTumorSegment(segmentationNode, mask, ctNode, True, lio.TUMOR_SEGMENT)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .modelstore import TrainedModel
-from .patches import CaseSampler, PatchSettings, draw_batch
+from .patches import CaseSampler, PatchSettings, draw_batch, polarity_plan
 from .preprocess import FeatureSettings, Prepared, prepare_case
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
@@ -117,8 +117,9 @@ def train_model(
     rng = np.random.default_rng(settings.seed)
     split = _split_validation(prepared, settings, rng)
     hard = features.channel_names.index("hessian_dark") if "hessian_dark" in features.channel_names else None
+    flip_plan = polarity_plan(features.channel_names)
     samplers = [
-        CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), split.allowed.get(i), hard)
+        CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), split.allowed.get(i), hard, flip_plan)
         for i, p in enumerate(prepared)
         if i in split.train
     ]
