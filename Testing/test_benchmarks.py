@@ -88,3 +88,16 @@ def test_speed_json_structure(tmp_path):
     ratio = result["ratios"]["unet3d_over_mhpnet_by_slices"]
     assert ratio and all(_finite(v) for r in ratio.values() for v in r.values())
     _png(tmp_path / "speed.png")
+
+
+def test_method_changes_tiny_writes_every_variant_with_and_without_slivers(tmp_path):
+    result = _run("method_changes.py", tmp_path)
+    assert result["benchmark"] == "method_changes" and result["preset"] == "tiny"
+    assert [v["variant"] for v in result["variants"]] == ["engine", "polarity_flip_0.25"]
+    for variant in result["variants"]:
+        assert variant["steps"] == 2
+        for key in ("drop_slivers", "keep_slivers"):
+            numbers = variant[key]
+            assert 0.0 <= numbers["dice_mean"] <= 1.0
+            counted = sum(v["tumors"] for v in numbers["recall_by_polarity"].values())
+            assert counted == result["test_set"]["n_tumors"] >= 1

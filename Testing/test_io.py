@@ -368,10 +368,18 @@ def test_eight_bit_image_warns(tmp_path):
         io.read_image(tmp_path / "png_like.nrrd")
 
 
-def test_real_ct_does_not_warn(totalseg_dir):
+def test_real_ct_and_a_liver_crop_do_not_warn_but_raw_scanner_values_do(totalseg_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+        ct = io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+        # Cropped to soft tissue: no air, no negative values, still HU.
+        crop = np.clip(ct.array, 40, 160).astype(np.int16)
+        sitk.WriteImage(sitk.GetImageFromArray(crop), str(tmp_path / "liver_crop.nrrd"))
+        io.read_image(tmp_path / "liver_crop.nrrd")
+    raw = (np.clip(ct.array, -1024, 3000) + 1024).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(raw), str(tmp_path / "raw.nrrd"))
+    with pytest.warns(UserWarning, match="raw scanner values"):
+        io.read_image(tmp_path / "raw.nrrd")
 
 
 def test_bad_output_names_and_values(tmp_path):

@@ -94,9 +94,11 @@ def mask_from_probability(
     threshold: float,
     spacing_zyx,
     min_lesion_mm3: float,
+    drop_slivers: bool = True,
 ) -> np.ndarray:
     """Tumor mask (bool, same grid): probability >= threshold, inside the liver, 26-connected
-    components of at least min_lesion_mm3 kept, thin slivers along the liver surface dropped.
+    components of at least min_lesion_mm3 kept, thin slivers along the liver surface dropped
+    (drop_slivers=False only to measure what that step does).
     Cheap enough for a threshold slider: the component labelling runs only over the bounding
     box of the voxels above threshold, the sliver test on each component's own box."""
     mask = np.asarray(probability) >= threshold
@@ -104,7 +106,7 @@ def mask_from_probability(
         liver = np.asarray(liver, dtype=bool)
         mask &= liver
     drop_small_lesions(mask, float(np.prod(spacing_zyx)), min_lesion_mm3)
-    if liver is not None:
+    if liver is not None and drop_slivers:
         drop_surface_slivers(mask, liver, spacing_zyx)
     return mask
 

@@ -191,18 +191,21 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
             )
 
 
-def _warn_if_not_hu(array: np.ndarray, path: Path) -> None:
-    """CT in Hounsfield units has air near -1000; all-positive values mean a picture or raw scanner values."""
+def _warn_if_not_hu(array: np.ndarray, path: Path, eight_bit: bool) -> None:
+    """CT in Hounsfield units cannot be stored in 8 bits, and its soft tissue sits near 0-100 HU;
+    raw scanner values put soft tissue near 1000 (HU = value - 1024 is typical). A CT cropped to
+    the liver has no air and no negative values, and is fine: only these two cases warn (soft
+    tissue fills well over a tenth of any CT, air or not)."""
     low, high = float(array.min()), float(array.max())
-    if low >= 0 and high <= 255:
+    if eight_bit:
         warnings.warn(
-            f"{path.name}: values span {low:g}..{high:g} like an 8-bit picture, not CT Hounsfield units "
+            f"{path.name}: 8-bit values ({low:g}..{high:g}) like a picture, not CT Hounsfield units "
             "(air -1000, liver ~100); results will be wrong unless the image is in HU"
         )
-    elif low >= 0:
+    elif low >= 0 and float(np.percentile(array, 90)) > 900:
         warnings.warn(
-            f"{path.name}: no negative values ({low:g}..{high:g}), so this is probably not in Hounsfield units "
-            "(raw scanner values need HU = value * slope + intercept, often value - 1024)"
+            f"{path.name}: no negative values and a tenth of the voxels above 900, so these look like raw "
+            "scanner values, not Hounsfield units (HU = value * slope + intercept, often value - 1024)"
         )
 
 
@@ -215,10 +218,11 @@ def read_image(path) -> Volume:
     image = _read_any(path)
     if _is_segmentation_image(image):
         raise InputError(seg_message)
+    eight_bit = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8)
     volume = Volume.from_sitk(_scalar_3d(image, path, min_slices=2))
     volume.array = volume.array.astype(np.float32, copy=False)
     _check_finite(volume.array, path)
-    _warn_if_not_hu(volume.array, path)
+    _warn_if_not_hu(volume.array, path, eight_bit)
     return volume
 
 
