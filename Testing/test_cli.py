@@ -141,13 +141,15 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
 def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tiny_model_dir):
     out = tmp_path / "v002"
     result = run_cli("train", phantom_case_dirs[0].parent, "--out", out, "--init", tiny_model_dir,
-                     "--max-steps", "6", "--minutes", "1", "--progress-json")
+                     "--max-steps", "6", "--minutes", "1", "--threads", "1", "--progress-json")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert any(line.get("stage") == "train" for line in lines)
     assert lines[-1]["stage"] == "done" and Path(lines[-1]["model"]) == out
     meta = json.loads((out / "model.json").read_text())
-    assert meta["parent"] and meta["training_cases"]
+    assert meta["parent"] and meta["training_cases"] and meta["torch_threads"] == 1
+    bad = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v003", "--threads", "0")
+    assert bad.returncode == 2 and "--threads 0 must be at least 1" in bad.stderr and not (tmp_path / "v003").exists()
 
 
 def test_demo_quick_runs_end_to_end(tmp_path):

@@ -7,6 +7,7 @@ through a real `python -m LiverTumorSegLib train` run to completion, one cancell
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -322,6 +323,10 @@ def test_training_job_runs_to_completion(library_with_model, ct, liver, phantom)
     assert "train" in stages and stages[-1] == "done"
     assert job.result["model"] == str(job.outPath)
     assert (job.outPath / "model.pt").is_file()
+    # One core is left to Slicer.
+    threads = int(job.command[job.command.index("--threads") + 1])
+    assert threads == max(1, (os.cpu_count() or 2) - 1)
+    assert json.loads((job.outPath / "model.json").read_text())["torch_threads"] == threads
     percents = [describeProgress(info)[0] for info in seen]
     assert percents[-1] == 100 and max(percents[:-1]) <= 100
     assert "v002" in [m.version for m in logic.listModels()]

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
+                   "so the application stays responsive)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
     p = sub.add_parser("evaluate", help="compare a predicted tumor mask with the truth; prints JSON")
@@ -193,6 +195,12 @@ def cmd_train(args) -> int:
         raise InputError(f"{out} already exists; model versions are never overwritten, choose a new folder")
     if args.minutes <= 0:
         raise InputError(f"--minutes {args.minutes} must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads {args.threads} must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     folders = find_case_folders(args.cases)
     cases = [(folder.name, *read_case_folder(folder)) for folder in folders]
     init = load_model(Path(args.init)) if args.init else None

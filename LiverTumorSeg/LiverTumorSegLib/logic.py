@@ -569,6 +569,9 @@ class LiverTumorSegLogic:
             pythonExecutable(), "-m", "LiverTumorSegLib", "train", str(self.libraryPath.resolve()),
             "--out", str(Path(outPath).resolve()), "--progress-json",
             "--minutes", f"{float(minutes):g}", "--seed", str(int(seed)),
+            # Leave a core to Slicer: training at full width stalls the GUI and, sharing cores
+            # with it, runs several times slower per step than with one thread less.
+            "--threads", str(max(1, (os.cpu_count() or 2) - 1)),
         ]
         if (init / "model.pt").is_file():
             command += ["--init", str(init.resolve())]

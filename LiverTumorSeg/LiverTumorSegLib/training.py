@@ -149,6 +149,7 @@ def train_model(
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
         "n_parameters": int(sum(p.numel() for p in averaged.parameters())),
+        "torch_threads": int(torch.get_num_threads()),  # the same seed gives the same weights per thread count
         "n_tumors": int(sum(s.n_tumors for s in samplers)),
     }
     averaged.eval()
