@@ -93,7 +93,7 @@ def test_speed_json_structure(tmp_path):
 def test_method_changes_tiny_writes_every_variant_with_and_without_slivers(tmp_path):
     result = _run("method_changes.py", tmp_path)
     assert result["benchmark"] == "method_changes" and result["preset"] == "tiny"
-    assert [v["variant"] for v in result["variants"]] == ["engine", "polarity_flip_0.25"]
+    assert [v["variant"] for v in result["variants"]] == ["engine", "polarity_flip_0.25", "synthetic_copies_1"]
     for variant in result["variants"]:
         assert variant["steps"] == 2
         for key in ("drop_slivers", "keep_slivers"):

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.lesions import label_lesions
-from LiverTumorSegLib.synthesis import hu_texture, load_reference_cases, paste_tumors, synthesize_tumors
+from LiverTumorSegLib.synthesis import hu_texture, load_reference_cases, paste_tumors, synthesize_tumors, synthetic_copy
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,23 @@ def test_paste_into_the_same_case_keeps_its_own_tumors(synthetic):
     out, new_labels, pasted = paste_tumors(image, labels, image, labels.array > 0, seed=1, n_paste=2)
     assert np.all(new_labels.array[labels.array == 2] == 2)
     assert label_lesions(new_labels.array == 2)[1] == len(tumors) + len(pasted) and len(pasted) >= 1
+
+
+def test_synthesis_into_a_labelled_case_keeps_and_avoids_its_tumors(synthetic):
+    image, labels, tumors = synthetic
+    out, new_labels, added = synthesize_tumors(image, labels.array, seed=3, n_tumors=2, radius_mm=(4.0, 8.0))
+    old = labels.array == 2
+    assert len(added) >= 1
+    assert np.all(new_labels.array[old] == 2)  # the real tumors stay labelled ...
+    np.testing.assert_array_equal(out.array[old], image.array[old])  # ... and untouched
+    assert label_lesions(new_labels.array == 2)[1] == len(tumors) + len(added)  # new ones are separate
+
+
+def test_synthetic_copy_adds_pasted_and_synthesised_tumors(synthetic):
+    image, labels, tumors = synthetic
+    out, new_labels = synthetic_copy(image, labels, seed=5)
+    assert new_labels.same_grid(image) and np.all(new_labels.array[labels.array == 2] == 2)
+    assert np.array_equal(new_labels.array > 0, labels.array > 0)  # the liver is the same
+    assert label_lesions(new_labels.array == 2)[1] >= len(tumors) + 2  # at least one pasted, one synthesised
+    again = synthetic_copy(image, labels, seed=5)
+    np.testing.assert_array_equal(again[0].array, out.array)

@@ -91,6 +91,16 @@ def test_same_settings_give_the_same_weights(cases):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_synthetic_copies_join_training_but_not_validation(cases):
+    reports = []
+    model = train_model(cases, quick_settings(max_steps=2, synthetic_copies=1), progress=reports.append)
+    assert model.meta["n_synthetic_cases"] == 2  # one per training case; the held-out case gets none
+    assert len(model.meta["validation_cases"]) == 1
+    assert [r["step"] for r in reports if r["stage"] == "synthesize"] == [1, 2]
+    with pytest.raises(InputError, match="synthetic_copies"):
+        quick_settings(synthetic_copies=-1)
+
+
 def test_save_load_round_trip_gives_the_same_segmentation(trained, tmp_path):
     model, _ = trained
     folder = save_model(model, tmp_path / "v001")

@@ -6,6 +6,7 @@ trained once and evaluated with and without each post-processing step. Variants:
 
     engine              the engine's defaults
     polarity_flip_0.25  patches mirrored about the liver level with probability 0.25
+    synthetic_copies_1  one synthetic variant per training case (synthesis.synthetic_copy)
 
 Post-processing evaluated for each: the model's own threshold (chosen on validation) with and
 without dropping thin liver-surface slivers (lesions.drop_surface_slivers). Recall is also split
@@ -28,7 +29,12 @@ import numpy as np
 import benchcommon as bc
 import small_data as sd
 
-VARIANTS = {"engine": {}, "polarity_flip_0.25": {"polarity_flip": 0.25}}
+# name: (PatchSettings changes, TrainSettings changes)
+VARIANTS = {
+    "engine": ({}, {}),
+    "polarity_flip_0.25": ({"polarity_flip": 0.25}, {}),
+    "synthetic_copies_1": ({}, {"synthetic_copies": 1}),
+}
 PRESETS = {
     "full": dict(phantom="medium", k=7, seed=0, steps=500, test_cases=10, test_min_tumors=30, patch_size=None),
     "tiny": dict(phantom="small", k=2, seed=0, steps=2, test_cases=1, test_min_tumors=1, patch_size=16),
@@ -63,18 +69,19 @@ def polarity_recall(pred: np.ndarray, labels: np.ndarray, image) -> dict:
     return out
 
 
-def run_variant(name: str, changes: dict, train_cases: list, tests: list, config: dict) -> dict:
+def run_variant(name: str, changes: tuple, train_cases: list, tests: list, config: dict) -> dict:
     from LiverTumorSegLib.inference import mask_from_probability, segment
     from LiverTumorSegLib.metrics import evaluate_case, summarize
     from LiverTumorSegLib.patches import PatchSettings
     from LiverTumorSegLib.training import TrainSettings, train_model
 
     extra = {"patch_size": config["patch_size"]} if config["patch_size"] else {}
-    settings = TrainSettings(seed=config["seed"], minutes=600.0, max_steps=config["steps"], **extra)
-    settings.patches = replace(PatchSettings(size=settings.patch_size), **changes)
+    patch_changes, train_changes = changes
+    settings = TrainSettings(seed=config["seed"], minutes=600.0, max_steps=config["steps"], **extra, **train_changes)
+    settings.patches = replace(PatchSettings(size=settings.patch_size), **patch_changes)
     t = time.perf_counter()
     model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings)
-    out = {"variant": name, "changes": changes, "steps": model.meta["steps"], "threshold": model.threshold,
+    out = {"variant": name, "patch_changes": patch_changes, "train_changes": train_changes, "steps": model.meta["steps"], "threshold": model.threshold,
            "validation_dice": model.meta["validation"].get("dice"), "train_s": round(time.perf_counter() - t, 1)}
     rows = {True: [], False: []}
     polarity = {True: {"hypodense": [0, 0], "hyperdense": [0, 0]}, False: {"hypodense": [0, 0], "hyperdense": [0, 0]}}

@@ -45,7 +45,7 @@ PROBABILITY_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
 PROBABILITY_SHOWN_FROM = 0.05
 
 # Share of the progress bar per training stage (percent), so one bar covers the whole run.
-_STAGE_SPAN = {"prepare": (0, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
+_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
 
 
 def defaultLibraryPath() -> Path:

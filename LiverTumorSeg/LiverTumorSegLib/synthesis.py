@@ -128,24 +128,28 @@ def synthesize_tumors(
     hyper_fraction: float = 0.0,
     edge_sigma_mm: tuple[float, float] = (1.0, 2.0),
 ) -> tuple[Volume, Volume, list[dict]]:
-    """Add synthetic tumors to a tumor-free liver (Hu et al. 2023). Returns (image, labels, tumors).
+    """Add synthetic tumors to a liver (Hu et al. 2023). Returns (image, labels, tumors).
 
-    image: CT in HU; liver: boolean mask on its grid. Radii are drawn log-uniformly in `radius_mm`
+    image: CT in HU; liver: boolean mask on its grid, or a 0/1/2 label array whose tumors are then
+    kept, labelled and avoided. Radii are drawn log-uniformly in `radius_mm`
     (each axis x0.75-1.25); `hyper_fraction` of the tumors are brighter instead of darker. Only
     liver voxels within a few edge sigmas of a tumor change. labels: 0 / 1 liver / 2 tumor; each
-    tumor in the list is one 26-connected component. Tumor dicts: center (voxel z, y, x),
+    new tumor in the list is one 26-connected component. Tumor dicts: center (voxel z, y, x),
     center_lps (mm), radius_mm, radii_mm, kind ("hypo" | "hyper"), delta_hu, contrast_hu (mean
     HU change over the tumor, negative when darker), voxels, volume_ml.
     """
-    liver = np.asarray(liver, bool)
-    if liver.shape != image.shape:
-        raise InputError(f"liver mask shape {liver.shape} differs from the CT's {image.shape}; resample the mask to the CT")
+    given = np.asarray(liver)
+    if given.shape != image.shape:
+        raise InputError(f"liver mask shape {given.shape} differs from the CT's {image.shape}; resample the mask to the CT")
+    labels = (given > 0).astype(np.uint8)
+    if given.dtype != bool:
+        labels[given == 2] = 2
+    liver = labels == 1  # healthy liver: where new tumors may go and intensities may change
     if not liver.any():
         raise InputError("the liver mask is empty; tumors can only be synthesised inside a liver")
     rng = np.random.default_rng(seed)
     spacing = np.asarray(image.spacing_zyx)
     out = image.array.astype(np.float32, copy=True)
-    labels = liver.astype(np.uint8)
     depth, step, liver_box = _depth_mm(liver, spacing)
     tumors = []
     lo, hi = _count_range(n_tumors)
@@ -192,6 +196,24 @@ def _synthesize_one(rng, out, labels, liver, spacing, depth, step, liver_box, ra
         "voxels": voxels,
         "volume_ml": round(volume_mm3 / 1000.0, 3),
     }
+
+
+def synthetic_copy(
+    image: Volume,
+    labels: Volume,
+    seed: int,
+    n_paste: tuple[int, int] = (1, 2),
+    n_synthesize: tuple[int, int] = (1, 2),
+    hyper_fraction: float = 0.25,
+) -> tuple[Volume, Volume]:
+    """A training variant of a labelled case (GenSeg-lite): its own tumors copied to other liver
+    sites, then Hu-recipe tumors added, some hyperdense. A handful of real tumors gets more
+    sites, sizes and both polarities, while every voxel keeps a true label. Returns (CT, labels)."""
+    if (labels.array == 2).any():
+        image, labels, _ = paste_tumors(image, labels, image, labels.array, seed, n_paste)
+    image, labels, _ = synthesize_tumors(image, labels.array, seed + 1, n_tumors=n_synthesize, radius_mm=(3.0, 20.0),
+                                         hyper_fraction=hyper_fraction)
+    return image, labels
 
 
 # ---- reference livers --------------------------------------------------------------------------

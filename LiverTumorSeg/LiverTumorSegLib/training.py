@@ -40,7 +40,9 @@ class TrainSettings:
     Adam learning rate (x fine_tune_lr_factor when starting from a model); architecture
     ("mhpnet" | "unet3d") and widths (None = the architecture's); use_hessian None = the
     architecture's default (MHP-Net yes, U-Net no); validation "auto" | "cases" | "region" |
-    "in-sample"."""
+    "in-sample"; synthetic_copies: extra training variants per training case
+    (synthesis.synthetic_copy: own tumors pasted elsewhere plus synthesised ones; never used
+    for validation)."""
 
     seed: int = 0
     minutes: float = 5.0
@@ -59,12 +61,15 @@ class TrainSettings:
     validation: str = "auto"
     val_fraction: float = 0.25
     min_lesion_mm3: float = 30.0
+    synthetic_copies: int = 0
 
     def __post_init__(self):
         if self.minutes <= 0 or self.max_steps < 1:
             raise InputError("the training budget needs minutes > 0 and max_steps >= 1")
         if self.patch_size % 8 or self.patch_size < 16:
             raise InputError(f"patch_size {self.patch_size} must be a multiple of 8, at least 16")
+        if self.synthetic_copies < 0:
+            raise InputError(f"synthetic_copies {self.synthetic_copies} must be 0 or more")
         if self.validation not in ("auto", "cases", "region", "in-sample"):
             raise InputError(f"validation {self.validation!r}: use auto, cases, region or in-sample")
         if self.patches is None:
@@ -123,6 +128,9 @@ def train_model(
         for i, p in enumerate(prepared)
         if i in split.train
     ]
+    n_real_tumors = int(sum(s.n_tumors for s in samplers))
+    for p in _synthetic_cases(cases, split, settings, features, clock):
+        samplers.append(CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), None, hard, flip_plan))
     network, spec = _initial_network(settings, features, init)
     lr = settings.lr * (settings.fine_tune_lr_factor if init is not None else 1.0)
     val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
@@ -150,7 +158,8 @@ def train_model(
         "total_seconds": round(time.perf_counter() - start, 1),
         "n_parameters": int(sum(p.numel() for p in averaged.parameters())),
         "torch_threads": int(torch.get_num_threads()),  # the same seed gives the same weights per thread count
-        "n_tumors": int(sum(s.n_tumors for s in samplers)),
+        "n_tumors": n_real_tumors,
+        "n_synthetic_cases": len(samplers) - len(split.train),
     }
     averaged.eval()
     return TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
@@ -207,6 +216,24 @@ def _split_validation(prepared: list, settings: TrainSettings, rng: np.random.Ge
     if mode in ("cases", "region") and sum(n_components) >= 2:
         return _region_split(prepared, n_components, settings, rng)
     return _Split(list(range(n)), {}, [(i, None) for i in range(n)], "in-sample")
+
+
+def _synthetic_cases(cases, split: _Split, settings: TrainSettings, features: FeatureSettings, clock) -> list:
+    """Prepared synthetic variants of the training cases (not of a case whose validation region
+    is held out: a pasted copy could carry that region's tumors into training)."""
+    from .synthesis import synthetic_copy
+
+    sources = [i for i in split.train if i not in split.allowed]
+    total = len(sources) * settings.synthetic_copies
+    out = []
+    for i in sources:
+        _, image, labels = cases[i]
+        for copy in range(settings.synthetic_copies):
+            clock.check()
+            image2, labels2 = synthetic_copy(image, labels, seed=7919 * settings.seed + 101 * i + copy)
+            out.append(prepare_case(image2, labels2.array > 0, features, labels=labels2.array))
+            clock.report("synthesize", len(out), total)
+    return out
 
 
 def _count_components(mask: np.ndarray) -> int:
