@@ -26,8 +26,10 @@ demo: venv
 model: venv
 	$(PY) scripts/build_default_model.py
 
+# The full evidence run (several hours on 2 cores; see benchmarks/RESULTS.md).
 bench: venv
 	$(PY) benchmarks/small_data.py
+	$(PY) benchmarks/method_changes.py
 	$(PY) benchmarks/speed.py
 
 bench-quick: venv

@@ -59,6 +59,11 @@ def test_small_data_json_structure(small_data):
             assert _finite(row["dice"]) and _finite(row["seconds"])
         if not run["model"].startswith("threshold"):
             assert run["train"]["steps"] == 2
+    # Paired by seed: MHP-Net minus each other model, from the same per-case Dice as the summary.
+    paired = result["paired_vs_mhpnet"]["phantom"]["unet3d"]["2"]
+    expected = summary["phantom"]["mhpnet"]["2"]["dice_mean"]["mean"] - summary["phantom"]["unet3d"]["2"]["dice_mean"]["mean"]
+    assert paired["n"] == 1 and abs(paired["mean"] - expected) < 1e-9
+    assert "mhpnet" not in result["paired_vs_mhpnet"]["phantom"]
     # The training set holds exactly K tumors.
     assert result["training_sets"]["0"]["2"]["tumors"] == 2
     _png(out / "small_data.png")
@@ -93,7 +98,7 @@ def test_speed_json_structure(tmp_path):
 def test_method_changes_tiny_writes_every_variant_with_and_without_slivers(tmp_path):
     result = _run("method_changes.py", tmp_path)
     assert result["benchmark"] == "method_changes" and result["preset"] == "tiny"
-    assert [v["variant"] for v in result["variants"]] == ["engine", "polarity_flip_0.25", "synthetic_copies_1"]
+    assert [v["variant"] for v in result["variants"]] == ["plain", "polarity_flip_0.25", "synthetic_copies_1"]
     for variant in result["variants"]:
         assert variant["steps"] == 2
         for key in ("drop_slivers", "keep_slivers"):

@@ -148,8 +148,11 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
     assert lines[-1]["stage"] == "done" and Path(lines[-1]["model"]) == out
     meta = json.loads((out / "model.json").read_text())
     assert meta["parent"] and meta["training_cases"] and meta["torch_threads"] == 1
+    assert meta["settings"]["synthetic_copies"] == 1 and meta["n_synthetic_cases"] >= 1  # the default
     bad = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v003", "--threads", "0")
     assert bad.returncode == 2 and "--threads 0 must be at least 1" in bad.stderr and not (tmp_path / "v003").exists()
+    bad = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v003", "--synthetic-copies", "-1")
+    assert bad.returncode == 2 and "synthetic_copies -1" in bad.stderr and not (tmp_path / "v003").exists()
 
 
 def test_demo_quick_runs_end_to_end(tmp_path):

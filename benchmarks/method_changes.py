@@ -4,9 +4,9 @@ One training set (K tumors of the small-data protocol, one seed), a fixed step c
 comparison does not depend on machine load), one held-out phantom test set; each variant is
 trained once and evaluated with and without each post-processing step. Variants:
 
-    engine              the engine's defaults
-    polarity_flip_0.25  patches mirrored about the liver level with probability 0.25
-    synthetic_copies_1  one synthetic variant per training case (synthesis.synthetic_copy)
+    plain               the engine's defaults without synthetic copies (training on the given cases only)
+    polarity_flip_0.25  plain, with patches mirrored about the liver level with probability 0.25
+    synthetic_copies_1  one synthetic variant per training case (synthesis.synthetic_copy): the default
 
 Post-processing evaluated for each: the model's own threshold (chosen on validation) with and
 without dropping thin liver-surface slivers (lesions.drop_surface_slivers). Recall is also split
@@ -31,8 +31,8 @@ import small_data as sd
 
 # name: (PatchSettings changes, TrainSettings changes)
 VARIANTS = {
-    "engine": ({}, {}),
-    "polarity_flip_0.25": ({"polarity_flip": 0.25}, {}),
+    "plain": ({}, {"synthetic_copies": 0}),
+    "polarity_flip_0.25": ({"polarity_flip": 0.25}, {"synthetic_copies": 0}),
     "synthetic_copies_1": ({}, {"synthetic_copies": 1}),
 }
 PRESETS = {

@@ -3,12 +3,15 @@
 Training sets hold exactly K tumors (K = 7, 14, 28; a tumor is a 26-connected component of label
 2), built from phantoms generated with a chosen tumor count, so no unlabelled tumor is ever shown
 as background. The sets are nested per seed (the 14-tumor set holds the 7-tumor set's cases).
-Models, all trained with the same wall-time budget (`--minutes`):
+Models, all trained with the same wall-time budget (`--minutes`), on the given cases only
+(synthetic_copies=0) except mhpnet_synthetic:
 
-    mhpnet              MHP-Net with the multi-scale Hessian channels (the product's default)
+    mhpnet              MHP-Net with the multi-scale Hessian channels
     mhpnet_no_hessian   the same network without Hessian channels
     mhpnet_single_scale the same with one Hessian scale (the middle default scale)
     unet3d              plain 3D U-Net on the CT channel
+    mhpnet_synthetic    MHP-Net plus one synthetic variant of each training case (synthesis.synthetic_copy:
+                        its own tumors pasted elsewhere, Hu-recipe tumors added): the product's default
     threshold           the classical floor (baseline.fit_threshold_baseline), fitted on the same cases
     threshold_relative  the same floor on HU relative to each case's liver median ("darker than this
                         liver"): a stronger floor where liver enhancement differs between cases
@@ -40,7 +43,10 @@ import numpy as np
 
 import benchcommon as bc
 
-MODELS = ("mhpnet", "mhpnet_no_hessian", "mhpnet_single_scale", "unet3d")
+MODELS = ("mhpnet", "mhpnet_no_hessian", "mhpnet_single_scale", "unet3d", "mhpnet_synthetic")
+# The protocol's four networks, all trained on the given cases only; mhpnet_synthetic is the
+# product's default training (one synthetic copy per case) and joins them in the full preset.
+PROTOCOL_MODELS = MODELS[:4]
 FLOOR = "threshold"
 FLOORS = (FLOOR, "threshold_relative")
 TEST_SETS = ("phantom", "reference_synth")
@@ -48,14 +54,14 @@ METRICS = ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_recall_pooled",
            "hd95_mm_mean", "assd_mm_mean")
 
 PRESETS = {
-    # The full protocol: 4 networks x 3 K x 3 seeds = 36 trainings of 5 min, plus evaluation.
+    # The full protocol: 5 networks x 3 K x 3 seeds = 45 trainings of 5 min, plus evaluation.
     "full": dict(phantom="medium", ks=[7, 14, 28], seeds=[0, 1, 2], models=list(MODELS), minutes=5.0,
                  max_steps=1_000_000, patch_size=None, batch_size=None, test_cases=24, test_min_tumors=72,
                  test_tumors=[3, 4], ref_variants=3, ref_tumors=[2, 4], ref_names=None),
-    "quick": dict(phantom="small", ks=[7], seeds=[0], models=list(MODELS), minutes=0.5, max_steps=12,
+    "quick": dict(phantom="small", ks=[7], seeds=[0], models=list(PROTOCOL_MODELS), minutes=0.5, max_steps=12,
                   patch_size=32, batch_size=None, test_cases=4, test_min_tumors=8, test_tumors=[2, 3],
                   ref_variants=1, ref_tumors=[2, 3], ref_names=None),
-    "tiny": dict(phantom="small", ks=[2], seeds=[0], models=list(MODELS), minutes=0.3, max_steps=2,
+    "tiny": dict(phantom="small", ks=[2], seeds=[0], models=list(PROTOCOL_MODELS), minutes=0.3, max_steps=2,
                  patch_size=16, batch_size=2, test_cases=1, test_min_tumors=1, test_tumors=[1, 2],
                  ref_variants=1, ref_tumors=[1, 2], ref_names=["example_ct_sm"]),
 }
@@ -227,7 +233,7 @@ def train_settings(model: str, seed: int, config: dict):
         extra["patch_size"] = config["patch_size"]
     if config.get("batch_size"):
         extra["batch_size"] = config["batch_size"]
-    common = dict(seed=seed, minutes=config["minutes"], max_steps=config["max_steps"], **extra)
+    common = dict(seed=seed, minutes=config["minutes"], max_steps=config["max_steps"], synthetic_copies=0, **extra)
     if model == "mhpnet":
         return TrainSettings(arch="mhpnet", use_hessian=True, **common)
     if model == "mhpnet_no_hessian":
@@ -238,6 +244,8 @@ def train_settings(model: str, seed: int, config: dict):
         return TrainSettings(arch="mhpnet", use_hessian=True, features=FeatureSettings(hessian_scales_mm=middle), **common)
     if model == "unet3d":
         return TrainSettings(arch="unet3d", use_hessian=False, **common)
+    if model == "mhpnet_synthetic":
+        return TrainSettings(arch="mhpnet", use_hessian=True, **{**common, "synthetic_copies": 1})
     raise ValueError(model)
 
 
@@ -351,12 +359,34 @@ def aggregate(runs: list[dict], test_sets: list[str]) -> dict:
     return out
 
 
+def paired_differences(runs: list[dict], test_sets: list[str], reference: str = "mhpnet") -> dict:
+    """{test: {other model: {K: per-case Dice of `reference` minus `other`, per seed}}}: the seeds
+    share training cases, so the paired difference removes most of the seed-to-seed spread."""
+    by_key = {(r["model"], r["k"], r["seed"]): r for r in runs}
+    out = {}
+    for test in test_sets:
+        per_model = {}
+        for model in sorted({r["model"] for r in runs} - {reference}, key=lambda m: (MODELS + FLOORS).index(m)):
+            per_k = {}
+            for k in sorted({r["k"] for r in runs}):
+                seeds = sorted(s for (m, kk, s) in by_key if m == model and kk == k and (reference, k, s) in by_key)
+                diffs = [float(np.mean([row["dice"] for row in by_key[(reference, k, s)][test]])
+                               - np.mean([row["dice"] for row in by_key[(model, k, s)][test]]))
+                         for s in seeds if by_key[(reference, k, s)].get(test) and by_key[(model, k, s)].get(test)]
+                if diffs:
+                    per_k[str(k)] = {**_stats(diffs), "seeds": seeds, "differences": [round(x, 4) for x in diffs],
+                                     "reference_better": int(sum(x > 0 for x in diffs))}
+            per_model[model] = per_k
+        out[test] = per_model
+    return out
+
+
 def plot(summary: dict, path: Path, title: str) -> Path:
     plt = bc.pyplot()
     tests = [t for t in TEST_SETS if summary.get(t)]
     fig, axes = plt.subplots(1, len(tests), figsize=(6.2 * len(tests), 4.6), squeeze=False)
     styles = {"mhpnet": ("C0", "o", "-"), "mhpnet_no_hessian": ("C1", "s", "-"), "mhpnet_single_scale": ("C2", "^", "-"),
-              "unet3d": ("C3", "D", "-"), FLOOR: ("0.4", "x", "--"), "threshold_relative": ("0.2", "+", ":")}
+              "unet3d": ("C3", "D", "-"), "mhpnet_synthetic": ("C4", "v", "-."), FLOOR: ("0.4", "x", "--"), "threshold_relative": ("0.2", "+", ":")}
     for ax, test in zip(axes[0], tests):
         for model, per_k in summary[test].items():
             ks = sorted(int(k) for k in per_k)
@@ -473,6 +503,7 @@ def report(work: Path, config: dict, preset: str, planned: list, args, wall_s: f
         "test_sets": test_info,
         "training_sets": train_info,
         "summary": summary,
+        "paired_vs_mhpnet": paired_differences(runs, test_sets) if any(r["model"] == "mhpnet" for r in runs) else {},
         "runs": [{"model": r["model"], "k": r["k"], "seed": r["seed"], "train": r["train"],
                   "engine_hash": r.get("engine_hash"), "run_wall_s": r.get("run_wall_s"),
                   **{t: {"summary": _brief(r[t]), "per_case": [{key: row[key] for key in

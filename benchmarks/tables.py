@@ -12,7 +12,7 @@ from pathlib import Path
 import benchcommon as bc
 
 NAMES = {"mhpnet": "MHP-Net", "mhpnet_no_hessian": "MHP-Net, no Hessian", "mhpnet_single_scale": "MHP-Net, 1 Hessian scale",
-         "unet3d": "3D U-Net", "threshold": "threshold floor (HU)",
+         "unet3d": "3D U-Net", "mhpnet_synthetic": "MHP-Net + synthetic copies", "threshold": "threshold floor (HU)",
          "threshold_relative": "threshold floor (HU - liver median)"}
 
 
@@ -71,10 +71,48 @@ def speed_tables(d: dict) -> str:
     return "\n".join(out)
 
 
+def paired_tables(d: dict) -> str:
+    out = []
+    for test, per_model in d.get("paired_vs_mhpnet", {}).items():
+        out.append(f"\n**Paired by seed, test set `{test}`**: MHP-Net's per-case Dice minus the other model's, "
+                   "same training cases (mean ± std over seeds; how many seeds MHP-Net was better).\n")
+        ks = sorted({int(k) for per_k in per_model.values() for k in per_k})
+        out.append("| MHP-Net minus | " + " | ".join(f"K = {k}" for k in ks) + " |")
+        out.append("|---|" + "---|" * len(ks))
+        for model, per_k in per_model.items():
+            cells = [f"{_f(per_k[str(k)])} ({per_k[str(k)]['reference_better']}/{per_k[str(k)]['n']})" if str(k) in per_k else "-"
+                     for k in ks]
+            out.append(f"| {NAMES.get(model, model)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def method_tables(d: dict) -> str:
+    c = d["config"]
+    out = [f"One training set (K = {c['k']}, seed {c['seed']}, {c['phantom']} phantoms), {c['steps']} steps for every "
+           f"variant, {d['test_set']['n_cases']} held-out phantoms with {d['test_set']['n_tumors']} tumors; each model "
+           "at its own validation-chosen threshold, with and without the liver-surface sliver removal.\n",
+           "| variant | slivers | threshold | per-case Dice | global Dice | lesion F1 | lesion precision | lesion recall "
+           "| found hypodense | found hyperdense |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in d["variants"]:
+        for key, label in (("keep_slivers", "kept"), ("drop_slivers", "removed")):
+            x = v[key]
+            pol = x["recall_by_polarity"]
+            out.append(f"| {v['variant']} | {label} | {v['threshold']} | {x['dice_mean']:.3f} | {x['dice_global']:.3f} | "
+                       f"{x['lesion_f1_mean']:.3f} | {x['lesion_precision_pooled']:.3f} | {x['lesion_recall_pooled']:.3f} | "
+                       f"{pol['hypodense']['found']}/{pol['hypodense']['tumors']} | "
+                       f"{pol['hyperdense']['found']}/{pol['hyperdense']['tumors']} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else bc.RESULTS_DIR
     if (folder / "small_data.json").exists():
-        print("## small_data\n" + small_data_tables(json.loads((folder / "small_data.json").read_text())))
+        data = json.loads((folder / "small_data.json").read_text())
+        print("## small_data\n" + small_data_tables(data))
+        print(paired_tables(data))
+    if (folder / "method_changes.json").exists():
+        print("\n## method_changes\n" + method_tables(json.loads((folder / "method_changes.json").read_text())))
     if (folder / "speed.json").exists():
         print("\n## speed\n" + speed_tables(json.loads((folder / "speed.json").read_text())))
 

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
+    p.add_argument("--synthetic-copies", type=int, default=None,
+                   help="synthetic variants per training case: its tumors pasted elsewhere plus synthesised ones "
+                        "(default 1; 0 trains on the given cases only)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
@@ -206,7 +209,8 @@ def cmd_train(args) -> int:
     init = load_model(Path(args.init)) if args.init else None
     budget = {"max_steps": args.max_steps} if args.max_steps else {}
     hessian = {"use_hessian": False} if args.no_hessian else {}
-    settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian)
+    synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
+    settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian, **synthetic)
     report, close = make_progress_printer(args.progress_json)
     try:
         model = train_model(cases, settings, init=init, progress=report)
