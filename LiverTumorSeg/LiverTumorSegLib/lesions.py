@@ -93,12 +93,17 @@ def drop_surface_slivers(
         return mask
     spacing = np.asarray(spacing_zyx, dtype=float)
     margin = np.ceil(surface_mm / spacing).astype(int) + 1
-    components, count = label_lesions(mask)
-    for value, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
+    # Labelling only over the mask's bounding box: a 512 x 512 x 600 grid costs seconds otherwise.
+    outer = ndimage.find_objects(mask.astype(np.uint8, copy=False))[0]
+    components, _ = label_lesions(mask[outer])
+    for value, local in enumerate(ndimage.find_objects(components), start=1):
+        if local is None:
             continue
+        box = tuple(slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, local))
         padded = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
-        inside = components[padded] == value
+        inside = np.zeros([p.stop - p.start for p in padded], dtype=bool)
+        core = tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(box, padded))
+        inside[core] = components[local] == value
         half_thickness = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=spacing).max()
         if half_thickness >= half_thickness_mm:
             continue

@@ -28,8 +28,8 @@ class PatchSettings:
     augmentation ranges. intensity_scale: +- relative gain on every channel; intensity_shift_hu:
     +- offset (HU) on the intensity channels, converted to each channel's units. polarity_flip:
     probability of mirroring a patch's intensities about the liver level (see polarity_plan); off
-    by default: at 0.25 it found hyperdense tumors but turned bright vessel forks into false
-    lesions, and per-case Dice fell (benchmarks/RESULTS.md, method changes)."""
+    by default: at 0.25 it found few hyperdense tumors, false lesions deep in the liver
+    multiplied, and per-case Dice fell by half (benchmarks/RESULTS.md, method changes)."""
 
     size: int = 32
     fractions: tuple = (0.3, 0.25, 0.25, 0.2)
