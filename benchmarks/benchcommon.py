@@ -117,6 +117,14 @@ def pyplot():
     return plt
 
 
+def result_header(benchmark: str, script: str, preset: str, config: dict) -> dict:
+    """The first keys of every results JSON: what ran, when, with which command and settings."""
+    import sys
+
+    return {"benchmark": benchmark, "created": now(), "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+            "preset": preset, "config": config}
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

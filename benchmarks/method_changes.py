@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     train_cases = sd.training_sets(config["seed"], protocol)[config["k"]]
     tests = sd.phantom_test_set(protocol)
     variants = [run_variant(name, changes, train_cases, tests, config) for name, changes in VARIANTS.items()]
-    result = {"benchmark": "method_changes", "created": bc.now(), "preset": preset, "config": config,
+    result = {**bc.result_header("method_changes", "method_changes.py", preset, config),
               "torch_threads": threads, "machine": bc.machine(), "test_set": sd.describe_set(tests),
               "training_cases": [c[0] for c in train_cases], "variants": variants,
               "wall_s": round(time.perf_counter() - start, 1)}

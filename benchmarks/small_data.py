@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -484,11 +483,7 @@ def report(work: Path, config: dict, preset: str, planned: list, args, wall_s: f
     summary = aggregate(runs, test_sets)
     hashes = sorted({r.get("engine_hash") for r in runs if r.get("engine_hash")})
     result = {
-        "benchmark": "small_data",
-        "created": bc.now(),
-        "command": "python benchmarks/small_data.py " + " ".join(sys.argv[1:]),
-        "preset": preset,
-        "config": config,
+        **bc.result_header("small_data", "small_data.py", preset, config),
         "protocol": ("training sets of exactly K tumors (26-connected components of label 2) from phantoms generated "
                      "with chosen tumor counts, nested per seed; every network gets the same wall-time budget "
                      f"({config['minutes']} min incl. case preparation); metrics from metrics.evaluate_case; "

@@ -333,11 +333,7 @@ def main(argv=None) -> dict:
                    f"peak {row['peak_rss_mib']:.0f} MiB")
 
     result = {
-        "benchmark": "speed",
-        "created": bc.now(),
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
-        "preset": preset,
-        "config": config,
+        **bc.result_header("speed", "speed.py", preset, config),
         "threads": threads,
         "machine": machine_before,
         "machine_after": bc.machine(),

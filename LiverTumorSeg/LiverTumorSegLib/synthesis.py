@@ -42,6 +42,15 @@ def _count_range(n) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def _liver_and_tumors(liver_or_labels, shape, what: str, whose: str) -> tuple[np.ndarray, np.ndarray]:
+    """(liver incl. tumors, tumors) from a boolean liver mask (no tumors) or a 0/1/2 label array."""
+    given = np.asarray(liver_or_labels)
+    if given.shape != tuple(shape):
+        raise InputError(f"{what} shape {given.shape} differs from the {whose} {tuple(shape)}; resample the mask to the CT")
+    liver = given > 0
+    return liver, (given == 2 if given.dtype != bool else np.zeros_like(liver))
+
+
 def _depth_mm(mask: np.ndarray, spacing_zyx) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Distance (mm) to the mask's surface, inside the mask's box: (depth, step, box).
 
@@ -138,13 +147,10 @@ def synthesize_tumors(
     center_lps (mm), radius_mm, radii_mm, kind ("hypo" | "hyper"), delta_hu, contrast_hu (mean
     HU change over the tumor, negative when darker), voxels, volume_ml.
     """
-    given = np.asarray(liver)
-    if given.shape != image.shape:
-        raise InputError(f"liver mask shape {given.shape} differs from the CT's {image.shape}; resample the mask to the CT")
-    labels = (given > 0).astype(np.uint8)
-    if given.dtype != bool:
-        labels[given == 2] = 2
-    liver = labels == 1  # healthy liver: where new tumors may go and intensities may change
+    whole, tumors = _liver_and_tumors(liver, image.shape, "liver mask", "CT's")
+    labels = whole.astype(np.uint8)
+    labels[tumors] = 2
+    liver = whole & ~tumors  # healthy liver: where new tumors may go and intensities may change
     if not liver.any():
         raise InputError("the liver mask is empty; tumors can only be synthesised inside a liver")
     rng = np.random.default_rng(seed)
@@ -302,11 +308,7 @@ def paste_tumors(
     """
     if labels.shape != image.shape:
         raise InputError("the source labels are not on the source CT's grid; resample them first")
-    target_labels = np.asarray(target_liver)
-    if target_labels.shape != target_image.shape:
-        raise InputError(f"target liver mask shape {target_labels.shape} differs from the target CT's {target_image.shape}")
-    liver = target_labels > 0
-    tumors = target_labels == 2 if target_labels.dtype != bool else np.zeros_like(liver)
+    liver, tumors = _liver_and_tumors(target_liver, target_image.shape, "target liver mask", "target CT's")
     if target_image is image:
         tumors |= labels.array == 2
     healthy = liver & ~tumors
