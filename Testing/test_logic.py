@@ -18,7 +18,7 @@ slicer = pytest.importorskip("slicer")
 
 from LiverTumorSegLib import io as lio  # noqa: E402
 from LiverTumorSegLib import mrml  # noqa: E402
-from LiverTumorSegLib.errors import InputError  # noqa: E402
+from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
 from LiverTumorSegLib.logic import LiverTumorSegLogic, describeProgress  # noqa: E402
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
 
@@ -97,7 +97,7 @@ def test_segment_writes_new_segmentation_table_and_probability(logic, scene, ct,
     tumor_id = logic.tumorSegmentId(segmentation)
     segment = segmentation.GetSegmentation().GetSegment(tumor_id)
     assert segment.GetName() == "Liver tumor"
-    assert segment.GetTerminology() == lio.TUMOR_SEGMENT.terminology
+    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
     np.testing.assert_allclose(segment.GetColor(), lio.TUMOR_SEGMENT.color, atol=1e-6)
     assert segmentation.GetDisplayNode().GetVisibility3D()
 
@@ -183,6 +183,44 @@ def test_missing_inputs_are_input_errors(logic, ct, liver, tiny_model, scene):
     empty_id = mrml.write_segment(empty, np.zeros(mrml.volume_from_node(ct).shape, bool), ct, name="Liver")
     with pytest.raises(InputError, match="empty"):
         logic.segment(ct, empty, empty_id, model=tiny_model)
+
+
+def count_nodes(scene) -> dict:
+    """Nodes per class; the subject hierarchy singleton (made on first use) is not counted."""
+    counts = {}
+    for i in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(i).GetClassName()
+        if name != "vtkMRMLSubjectHierarchyNode":
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_segment_rethreshold_and_add_case_leave_no_stray_nodes(logic, scene, ct, liver, phantom, tiny_model):
+    """Only the result's own nodes are added: no export colour tables, no temporary labelmaps."""
+    before = count_nodes(scene)
+    segmentation, table = logic.segment(ct, *liver, model=tiny_model)
+    added = {k: v - before.get(k, 0) for k, v in count_nodes(scene).items() if v != before.get(k, 0)}
+    # The segmentation, the kept probability map and the lesion table, with their display nodes.
+    assert added == {"vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1, "vtkMRMLScalarVolumeNode": 1,
+                     "vtkMRMLScalarVolumeDisplayNode": 1, "vtkMRMLTableNode": 1}, added
+    after_segment = count_nodes(scene)
+    logic.rethreshold(segmentation, 0.3)
+    logic.segment(ct, *liver, model=tiny_model, outputSegmentationNode=segmentation)
+    logic.addCase(ct, *liver, segmentation, logic.tumorSegmentId(segmentation))
+    assert count_nodes(scene) == after_segment
+    names = [scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes())]
+    assert not [n for n in names if n.endswith("_ColorTable") or n.startswith("LiverTumorSegExport")]
+
+
+def test_default_input_volume_is_a_ct_not_a_labelmap_or_our_probability_map(logic, scene, ct, liver, tiny_model, phantom):
+    assert logic.defaultInputVolume() is ct
+    logic.segment(ct, *liver, model=tiny_model)  # adds the "... probability" scalar volume
+    scene.RemoveNode(ct)
+    assert logic.defaultInputVolume() is None
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")  # IsA scalar volume, but no CT
+    assert logic.defaultInputVolume() is None
+    second = mrml.add_volume_node(scene, phantom.image, "Second CT")
+    assert logic.defaultInputVolume() is second
 
 
 # ---- never overwrite the user's work -------------------------------------------------------
@@ -290,6 +328,142 @@ def test_models_listing_set_active_and_rollback(logic, tiny_model, ct, liver):
     with pytest.raises(InputError):
         logic.setActiveModel("v999")
     assert logic.activeModelVersion() == "v001"
+
+
+def write_model_json(folder, **extra):
+    """A model.json as another tool (or an older/newer version of this one) might write it."""
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(extra)
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
+    from LiverTumorSegLib.modelstore import save_model
+
+    for _ in range(5):
+        save_model(tiny_model, logic.library.new_version_path())
+    models = logic.libraryPath / "models"
+    write_model_json(models / "v002", parent="v001", parent_check={
+        "parent": "v001", "parent_validation_dice": 0.62, "child_on_parent_validation_dice": 0.55, "worse_than_parent": True})
+    write_model_json(models / "v003", parent="v002", parent_check={
+        "parent": "v002", "parent_validation_dice": 0.55, "child_on_parent_validation_dice": 0.60, "worse_than_parent": False})
+    write_model_json(models / "v004", parent_check={"worse_than_parent": "yes"})  # malformed: no warning
+    write_model_json(models / "v005", parent_check={"worse_than_parent": True, "parent_validation_dice": None})
+    # v001 has no parent_check at all.
+    by_version = {info.version: info for info in logic.listModels()}
+    warning = logic.modelWarning(by_version["v002"])
+    assert warning == "worse than v001 on v001's validation cases: Dice 0.550 against 0.620"
+    assert logic.modelLabel(by_version["v002"]).endswith("\u26a0 worse than parent")
+    assert logic.modelLabel(by_version["v002"]).startswith(by_version["v002"].label)
+    for version in ("v001", "v003", "v004"):
+        assert logic.modelWarning(by_version[version]) == ""
+        assert logic.modelLabel(by_version[version]) == by_version[version].label
+    assert logic.modelWarning(by_version["v005"]) == "worse than its parent on its parent's validation cases"
+    (models / "v001" / "model.json").write_text("{not json")
+    assert logic.modelWarning(by_version["v001"]) == ""
+    if "default" in by_version:
+        assert logic.modelLabel(by_version["default"]).startswith(by_version["default"].label + " [shipped]")
+
+
+# ---- background segment --------------------------------------------------------------------
+def test_background_segment_gives_the_same_result_as_segment(library_with_model, scene, ct, liver, phantom):
+    logic = library_with_model
+    expected, expected_table = logic.segment(ct, *liver)  # in this process, active model v001
+    before = count_nodes(scene)
+    job = logic.startSegment(ct, *liver, showProbability=True)
+    assert job.command[job.command.index("segment") - 2:job.command.index("segment")] == ["-m", "LiverTumorSegLib"]
+    assert "--threshold" in job.command and "--liver" in job.command
+    folder = job.folder
+    drive(job)
+    assert job.error is None and job.returncode == 0, job.log
+    segmentation, table = logic.finishSegment(job)
+    assert not folder.exists()  # the scratch folder is gone
+    assert segmentation is not expected and segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    added = {k: v - before.get(k, 0) for k, v in count_nodes(scene).items() if v != before.get(k, 0)}
+    assert added == {"vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1, "vtkMRMLScalarVolumeNode": 1,
+                     "vtkMRMLScalarVolumeDisplayNode": 1, "vtkMRMLTableNode": 1}, added
+
+    p_bg = mrml.volume_from_node(logic.probabilityNode(segmentation)).array
+    p_fg = mrml.volume_from_node(logic.probabilityNode(expected)).array
+    np.testing.assert_allclose(p_bg, p_fg, atol=1e-4)  # thread counts differ: last bits may too
+    threshold = float(expected.GetAttribute("LiverTumorSeg.Threshold"))
+    assert float(segmentation.GetAttribute("LiverTumorSeg.Threshold")) == pytest.approx(threshold)
+    for name in ("LiverTumorSeg.MinLesionMm3", "LiverTumorSeg.LiverRegion", "LiverTumorSeg.Model"):
+        assert segmentation.GetAttribute(name) == expected.GetAttribute(name), name
+    m_bg = mrml.segment_to_mask(segmentation, logic.tumorSegmentId(segmentation), ct)
+    m_fg = mrml.segment_to_mask(expected, logic.tumorSegmentId(expected), ct)
+    differ = m_bg != m_fg
+    assert not differ[np.abs(p_fg - threshold) > 1e-3].any()
+    rows_bg, rows_fg = mrml.table_rows(table)[1], mrml.table_rows(expected_table)[1]
+    if not differ.any():
+        assert len(rows_bg) == len(rows_fg)
+        for a, b in zip(rows_bg, rows_fg):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    # Re-thresholding works on the background result as on any other.
+    logic.rethreshold(segmentation, 0.3)
+    assert float(segmentation.GetAttribute("LiverTumorSeg.Threshold")) == pytest.approx(0.3)
+
+
+def test_background_segment_into_a_chosen_output_keeps_user_segments(library_with_model, scene, ct, liver, phantom):
+    logic = library_with_model
+    output = mrml.new_segmentation_node(scene, ct, "my work")
+    mine = np.zeros(phantom.image.shape, bool)
+    mine[10:14, 40:50, 40:50] = True
+    mine_id = output.GetSegmentation().AddEmptySegment("mine", "My tumor")
+    user_edit(output, mine_id, mine, ct)
+    job = logic.startSegment(ct, *liver, outputSegmentationNode=output)
+    drive(job)
+    segmentation, _ = logic.finishSegment(job)
+    assert segmentation is output and output.GetSegmentation().GetNumberOfSegments() == 2
+    np.testing.assert_array_equal(mrml.segment_to_mask(output, mine_id, ct), mine)
+    assert logic.tumorSegmentId(output) not in (None, mine_id)
+
+
+def test_background_segment_cancel_changes_nothing(library_with_model, scene, ct, liver):
+    logic = library_with_model
+    output = mrml.new_segmentation_node(scene, ct, "output")
+    before = count_nodes(scene)
+    job = logic.startSegment(ct, *liver, outputSegmentationNode=output)
+    job.cancel()
+    drive(job, timeout=120)
+    assert job.cancelled and job.error is None
+    with pytest.raises(Cancelled):
+        logic.finishSegment(job)
+    assert not job.folder.exists()
+    assert count_nodes(scene) == before and output.GetSegmentation().GetNumberOfSegments() == 0
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(job.pid, 0)
+
+
+def test_background_segment_reports_the_cli_error(logic, scene, ct, liver):
+    broken = logic.libraryPath / "models" / "v001"
+    broken.mkdir(parents=True)
+    (broken / "model.pt").write_bytes(b"not a model")
+    (broken / "model.json").write_text(json.dumps({"threshold": 0.5, "min_lesion_mm3": 30.0}))
+    logic.setActiveModel("v001")
+    job = logic.startSegment(ct, *liver)
+    drive(job, timeout=120)
+    assert job.returncode == 2 and "not a readable model file" in job.error
+    with pytest.raises(InputError, match="not a readable model file"):
+        logic.finishSegment(job)
+    assert not job.folder.exists()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1  # only the liver's
+
+
+def test_background_segment_input_errors(library_with_model, ct, liver, scene, tiny_model):
+    logic = library_with_model
+    with pytest.raises(InputError, match="no CT"):
+        logic.startSegment(None, *liver)
+    with pytest.raises(InputError, match="model in memory"):
+        logic.startSegment(ct, *liver, model=tiny_model)
+    job = logic.startSegment(ct, *liver)
+    with pytest.raises(InputError, match="still running"):
+        logic.finishSegment(job)
+    scene.RemoveNode(ct)
+    drive(job)
+    with pytest.raises(InputError, match="removed"):
+        logic.finishSegment(job)
 
 
 # ---- background training -------------------------------------------------------------------

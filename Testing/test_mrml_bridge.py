@@ -105,11 +105,69 @@ def test_segment_written_then_exported_on_the_ct_grid(scene, oblique_ct):
                              terminology=lio.TUMOR_SEGMENT.terminology)
     segment = seg.GetSegmentation().GetSegment(sid)
     assert segment.GetName() == "Liver tumor"
-    assert segment.GetTerminology() == lio.TUMOR_SEGMENT.terminology
+    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
     np.testing.assert_allclose(segment.GetColor(), lio.TUMOR_SEGMENT.color, atol=1e-6)
     np.testing.assert_array_equal(mrml.segment_to_mask(seg, sid, ct), mask)
     # The temporary export node is gone again.
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+
+
+def test_terminology_is_written_through_the_segment_tag(scene, oblique_ct):
+    """vtkSegment.SetTerminology is Slicer 5.10+; the tag it stands for exists since 4.x."""
+    ct = mrml.add_volume_node(scene, oblique_ct, "CT")
+    seg = mrml.new_segmentation_node(scene, ct, "s")
+    sid = mrml.write_segment(seg, blob_mask(oblique_ct.shape, (3, 5, 6), 2), ct, name="Liver",
+                             terminology=lio.LIVER_SEGMENT.terminology)
+    segment = seg.GetSegmentation().GetSegment(sid)
+    value = vtk_reference()
+    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
+    assert str(value) == lio.LIVER_SEGMENT.terminology
+    if hasattr(segment, "GetTerminology"):  # 5.10+: the convenience getter reads the same tag
+        assert segment.GetTerminology() == lio.LIVER_SEGMENT.terminology
+
+
+def vtk_reference():
+    import vtk
+
+    return vtk.reference("")
+
+
+def count_nodes(scene) -> dict:
+    """Nodes per class; the subject hierarchy singleton (made on first use) is not counted."""
+    counts = {}
+    for i in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(i).GetClassName()
+        if name != "vtkMRMLSubjectHierarchyNode":
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_export_leaves_no_node_behind(scene, oblique_ct):
+    """ExportSegmentsToLabelmapNode adds a "<labelmap>_ColorTable" node; segment_to_mask removes it."""
+    ct = mrml.add_volume_node(scene, oblique_ct, "CT")
+    seg = mrml.new_segmentation_node(scene, ct, "s")
+    sid = mrml.write_segment(seg, blob_mask(oblique_ct.shape, (3, 5, 6), 2), ct, name="Liver tumor")
+    before = count_nodes(scene)
+    for _ in range(3):
+        mrml.segment_to_mask(seg, sid, ct)
+    assert mrml.segment_was_edited(seg, sid, ct) is False  # exports again
+    assert count_nodes(scene) == before
+    names = [scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes())]
+    assert not [n for n in names if n.endswith("_ColorTable")]
+
+
+def test_conversion_rules_are_registered_once(scene, oblique_ct):
+    def paths() -> int:
+        found = slicer.vtkSegmentationConversionPaths()
+        slicer.vtkSegmentationConverter().GetPossibleConversions("Binary labelmap", "Closed surface", found)
+        return found.GetNumberOfPaths()
+
+    mrml.ensure_conversion_rules()
+    first = paths()
+    assert first >= 1
+    mrml.ensure_conversion_rules()
+    mrml.new_segmentation_node(scene, mrml.add_volume_node(scene, oblique_ct, "CT"), "s")
+    assert paths() == first
 
 
 def test_replacing_one_segment_keeps_the_users_segment(scene, oblique_ct):
@@ -183,7 +241,7 @@ def test_seg_nrrd_written_by_storage_node_reads_back(scene, oblique_ct, tmp_path
     assert reader.ReadData(loaded)
     segment = loaded.GetSegmentation().GetSegment(sid)
     assert segment.GetName() == "Liver tumor"
-    assert segment.GetTerminology() == lio.TUMOR_SEGMENT.terminology
+    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
     assert mrml.segment_tag(segment, mrml.CHECKSUM_TAG) == mrml.mask_checksum(mask)  # edit detection survives saving
     np.testing.assert_array_equal(mrml.segment_to_mask(loaded, sid, ct), mask)
     np.testing.assert_array_equal(mrml.segment_to_mask(loaded, sid2, ct), mask2)

@@ -4,6 +4,8 @@
     segmentation, table = logic.segment(ctNode, liverSegmentationNode, "liver")
     logic.addCase(ctNode, liverSegmentationNode, "liver", segmentation, logic.tumorSegmentId(segmentation))
     job = logic.startTraining(minutes=5)   # background process; poll() it, or logic.train() to block
+    job = logic.startSegment(ctNode, liverSegmentationNode, "liver")   # Segment in the background:
+    ...poll() until job.finished...; segmentation, table = logic.finishSegment(job)
 
 MRML only, no qt: it runs inside Slicer and under `slicer-core` (tests, batch scripts). Nodes go
 through `mrml.py`; the computation is the engine's. The module file mixes this class with
@@ -19,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +42,9 @@ MODEL_ATTRIBUTE = "LiverTumorSeg.Model"
 # (PROBABILITY_FLOOR), so re-thresholding can drop liver-surface slivers the same way.
 REGION_ATTRIBUTE = "LiverTumorSeg.LiverRegion"
 PROBABILITY_FLOOR = 1e-6
+
+# Set to "1" on the kept probability volume, so it is never offered as a CT to segment.
+PROBABILITY_MAP_ATTRIBUTE = "LiverTumorSeg.ProbabilityMap"
 
 # Probability overlay: Slicer's heat colour map; voxels below this probability are not drawn.
 PROBABILITY_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
@@ -92,6 +98,45 @@ def _childEnvironment() -> dict:
     return env
 
 
+def _backgroundThreads() -> int:
+    """CPU threads for a background job: one core is left to Slicer (training at full width stalls
+    the GUI and, sharing cores with it, runs several times slower per step)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _readJson(path: Path) -> dict:
+    """A JSON object from a file; {} when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def parentCheckWarning(modelFolder) -> str:
+    """One line when a model version scored worse than its parent on the parent's validation cases.
+
+    Read from `parent_check` in the version's model.json ({"parent", "parent_validation_dice",
+    "child_on_parent_validation_dice", "worse_than_parent"}); "" when the key is absent,
+    malformed, or the version is not worse.
+    """
+    check = _readJson(Path(modelFolder) / "model.json").get("parent_check")
+    if not isinstance(check, dict) or check.get("worse_than_parent") is not True:
+        return ""
+    parent = str(check.get("parent") or "its parent")
+    child, before = _number(check.get("child_on_parent_validation_dice")), _number(check.get("parent_validation_dice"))
+    numbers = f": Dice {child:.3f} against {before:.3f}" if child is not None and before is not None else ""
+    return f"worse than {parent} on {parent}'s validation cases{numbers}"
+
+
 def describeProgress(info: dict) -> tuple[int, str]:
     """(percent 0..100 over the whole run, one-line text) for a progress dict of `livertumorseg train`."""
     stage = str(info.get("stage", ""))
@@ -106,27 +151,31 @@ def describeProgress(info: dict) -> tuple[int, str]:
     if step is not None and total:
         parts[0] += f" step {int(step)}/{int(total)}"
     if info.get("elapsed_s") is not None:
-        parts.append(f"{_minutes(info['elapsed_s'])} elapsed")
+        parts.append(f"{formatMinutes(info['elapsed_s'])} elapsed")
     if info.get("eta_s") is not None:
-        parts.append(f"about {_minutes(info['eta_s'])} left")
+        parts.append(f"about {formatMinutes(info['eta_s'])} left")
     if info.get("loss") is not None:
         parts.append(f"loss {float(info['loss']):.3f}")
     return percent, ", ".join(parts)
 
 
-def _minutes(seconds: float) -> str:
+def formatMinutes(seconds: float) -> str:
+    """m:ss for a duration in seconds (progress texts)."""
     seconds = max(0, int(round(float(seconds))))
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-class TrainingJob:
-    """`livertumorseg train --progress-json` running in a background process.
+class BackgroundJob:
+    """A `livertumorseg` command (train, segment) running in a background process.
 
     A reader thread moves the child's output lines into a queue; `poll()` (called from a QTimer
-    in the Widget, or from `wait()`) drains it without ever blocking. `cancel()` stops the whole
-    process tree (PythonSlicer is a launcher with a Python child): first an interrupt, so the
-    command line exits cleanly with nothing written, then a kill after `grace_s`.
+    in the Widget, or from `wait()`) drains it without ever blocking. Lines that are JSON progress
+    dicts (`--progress-json`) come back from `poll()`, the others are kept in `log`. `cancel()`
+    stops the whole process tree (PythonSlicer is a launcher with a Python child): first an
+    interrupt, so the command line exits cleanly with nothing written, then a kill after `grace_s`.
     """
+
+    what = "the background job"
 
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None, outPath=None):
         self.command = [str(c) for c in command]
@@ -150,7 +199,7 @@ class TrainingJob:
             self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, encoding="utf-8", errors="replace", bufsize=1, env=env, cwd=cwd, **kwargs,
         )
-        self._reader = threading.Thread(target=self._read, name="LiverTumorSeg training output", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"LiverTumorSeg {self.what} output", daemon=True)
         self._reader.start()
 
     @property
@@ -188,16 +237,20 @@ class TrainingJob:
         if exited and not self.finished:
             self.returncode = self._process.returncode
             self.finished = True
-            if not self.cancelled and (self.returncode != 0 or self.result is None):
+            if not self.cancelled and (self.returncode != 0 or not self._succeeded()):
                 self.error = self._errorMessage()
         return updates
+
+    def _succeeded(self) -> bool:
+        """Exit code 0 is not enough for training: it must also have reported its result."""
+        return self.result is not None
 
     def _errorMessage(self) -> str:
         errors = [line for line in self.log if line.startswith("error:")]
         if errors:
             return errors[-1][len("error:"):].strip()
         tail = "\n".join(self.log[-5:])
-        return f"training stopped with exit code {self.returncode}" + (f":\n{tail}" if tail else "")
+        return f"{self.what} stopped with exit code {self.returncode}" + (f":\n{tail}" if tail else "")
 
     def cancel(self, grace_s: float = 5.0) -> None:
         """Stop the process tree; returns at once (the kill, if needed, happens on a timer thread)."""
@@ -226,13 +279,59 @@ class TrainingJob:
                 self.cancel()
                 self._exited.wait(30)
                 self.poll()
-                raise Cancelled(f"training did not finish within {timeout:.0f} s and was stopped")
+                raise Cancelled(f"{self.what} did not finish within {timeout:.0f} s and was stopped")
             time.sleep(interval)
         if self.cancelled:
-            raise Cancelled("training was cancelled; no model was written")
+            raise Cancelled(f"{self.what} was cancelled; nothing was written")
         if self.error:
             raise InputError(self.error)
         return self.result
+
+
+class TrainingJob(BackgroundJob):
+    """`livertumorseg train --progress-json`: the new model version goes to `outPath`."""
+
+    what = "training"
+
+
+class SegmentJob(BackgroundJob):
+    """`livertumorseg segment` on files exported from the scene; `finishSegment` puts the result
+    into the scene. `folder` is the job's scratch folder (inputs and outputs), removed by
+    `cleanup()`; `request` holds the nodes and settings of the Segment call."""
+
+    what = "segmentation"
+
+    def __init__(self, command, env=None, cwd=None, folder=None, request=None):
+        self.folder = Path(folder) if folder else None
+        self.request = request or {}
+        super().__init__(command, env=env, cwd=cwd)
+
+    def _succeeded(self) -> bool:
+        return self.folder is not None and (self.folder / "tumor.nrrd").is_file() and (self.folder / "prob.nrrd").is_file()
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder (after the result was read, or when the job is dropped)."""
+        if self.folder is not None and self.finished:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _readArray(path: Path) -> np.ndarray:
+    """The (z, y, x) voxel array of an image file the command line wrote on the CT's own grid."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _boundingBox(mask: np.ndarray):
+    """(z0, z1, y0, y1, x0, x1) of a mask's voxels, None when it is empty."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        if hits.size == 0:
+            return None
+        box += [int(hits[0]), int(hits[-1]) + 1]
+    return tuple(box)
 
 
 def _progressFromLine(line: str) -> dict | None:
@@ -296,6 +395,15 @@ class LiverTumorSegLogic:
     def activeModelVersion(self) -> str:
         return self.library.active_version()
 
+    def modelWarning(self, info: ModelInfo) -> str:
+        """"" or why a version should not be trusted over its parent (see parentCheckWarning)."""
+        return parentCheckWarning(info.path)
+
+    def modelLabel(self, info: ModelInfo) -> str:
+        """What the model list shows: version, Dice, date, [shipped], and a warning marker."""
+        label = info.label + (" [shipped]" if info.read_only else "")
+        return label + (" \u26a0 worse than parent" if self.modelWarning(info) else "")
+
     def setActiveModel(self, version: str) -> None:
         """Make a version the one Segment and Retrain use; earlier versions stay (rollback = set an older one)."""
         self.library.set_active(version)
@@ -338,6 +446,25 @@ class LiverTumorSegLogic:
             return mrml.roi_to_mask(roiNode, ctNode)
         return None
 
+    def defaultInputVolume(self):
+        """The first plain scalar volume of the scene that is not one of our probability maps.
+
+        vtkMRMLScene.GetFirstNodeByClass matches with IsA, so it would also return labelmaps (and
+        any other subclass) and the "... probability" volumes Segment adds; None when no CT.
+        """
+        scene = self.scene
+        kept = set()
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+            if node.GetNodeReferenceID(mrml.PROBABILITY_ROLE):
+                kept.add(node.GetNodeReferenceID(mrml.PROBABILITY_ROLE))
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            if (node.GetClassName() == "vtkMRMLScalarVolumeNode" and node.GetID() not in kept
+                    and node.GetAttribute(PROBABILITY_MAP_ATTRIBUTE) != "1"):
+                return node
+        return None
+
     def segment(
         self,
         ctNode,
@@ -351,7 +478,8 @@ class LiverTumorSegLogic:
         showProbability=False,
         progress=None,
     ):
-        """Segment liver tumors; returns (segmentationNode, lesionTableNode).
+        """Segment liver tumors in this process (blocks; `startSegment` runs it in the background);
+        returns (segmentationNode, lesionTableNode).
 
         The result goes into a new segmentation node, or into `outputSegmentationNode`: there the
         Logic's own "Liver tumor" segment is replaced only while the user has not edited it (or
@@ -359,39 +487,156 @@ class LiverTumorSegLogic:
         touched. The probability map is kept as a volume node (restricted to the liver region)
         for `rethreshold`; `showProbability` shows it over the CT.
         """
-        from . import io as lio
         from .inference import segment as run_segment
 
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
+        self._checkOutput(ctNode, outputSegmentationNode)
         image = mrml.volume_from_node(ctNode)
         liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
         trained = self.loadModel(model)
         result = run_segment(image, liver, trained, threshold=threshold, progress=progress)
-        probability = np.asarray(result.probability.array, dtype=np.float32)
+        modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
+        return self._putResult(
+            ctNode, liver, np.asarray(result.tumor.array) > 0, result.probability.array, result.lesions,
+            result.threshold, getattr(trained, "min_lesion_mm3", 0.0), modelName,
+            outputSegmentationNode, replaceEdited, showProbability,
+        )
+
+    def startSegment(
+        self,
+        ctNode,
+        liverSegmentationNode=None,
+        liverSegmentId=None,
+        roiNode=None,
+        model=None,
+        threshold=None,
+        outputSegmentationNode=None,
+        replaceEdited=False,
+        showProbability=False,
+    ) -> SegmentJob:
+        """`segment` in a background process (`livertumorseg segment`), so the GUI never waits.
+
+        The CT and the liver region are written to a scratch folder here (uncompressed: fast),
+        the command line segments them, and `finishSegment(job)` puts its result into the scene
+        the way `segment` does. `model` is None (active), a version name or a model folder.
+        """
+        if ctNode is None:
+            raise InputError("no CT volume selected; choose the CT to segment")
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise InputError("a background Segment needs a model folder or version name; use segment() for a model in memory")
+        self._checkOutput(ctNode, outputSegmentationNode)
+        modelFolder = self.modelPath(model)
+        if not (modelFolder / "model.pt").is_file():
+            raise InputError(f"no model at {modelFolder}; choose another model or Retrain")
+        threshold, minLesion = self._modelThreshold(modelFolder, threshold)
+        image = mrml.volume_from_node(ctNode)
+        liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
+
+        import SimpleITK as sitk
+
+        folder = Path(tempfile.mkdtemp(prefix="LiverTumorSeg-segment-"))
+        try:
+            sitk.WriteImage(image.to_sitk(), str(folder / "image.nrrd"), False)
+            command = [
+                pythonExecutable(), "-m", "LiverTumorSegLib", "segment", str(folder / "image.nrrd"),
+                "--out", str(folder / "tumor.nrrd"), "--prob", str(folder / "prob.nrrd"),
+                "--model", str(modelFolder.resolve()), "--threshold", f"{threshold:.17g}",
+            ]
+            if liver is not None:
+                sitk.WriteImage(image.with_array(liver.astype(np.uint8)).to_sitk(), str(folder / "liver.nrrd"), False)
+                command += ["--liver", str(folder / "liver.nrrd")]
+            env = _childEnvironment()
+            env["OMP_NUM_THREADS"] = str(_backgroundThreads())  # torch's CPU threads: one core left to Slicer
+            request = {
+                "ct": ctNode, "output": outputSegmentationNode, "replaceEdited": bool(replaceEdited),
+                "showProbability": bool(showProbability), "threshold": threshold, "minLesion": minLesion,
+                "model": str(modelFolder), "region": liver is not None,
+            }
+            packageParent = str(Path(__file__).resolve().parent.parent)
+            return SegmentJob(command, env=env, cwd=packageParent, folder=folder, request=request)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def finishSegment(self, job: SegmentJob):
+        """Put a finished background Segment into the scene; returns (segmentationNode, lesionTableNode).
+
+        Raises Cancelled when it was cancelled and InputError when it failed or when the CT was
+        removed meanwhile. The job's scratch folder is removed in any case.
+        """
+        from .inference import lesions_in_box
+
+        if not job.finished:
+            raise InputError("the segmentation is still running; wait for it to finish (or cancel it)")
+        try:
+            if job.cancelled:
+                raise Cancelled("segmentation was cancelled; the output segmentation was not changed")
+            if job.error:
+                raise InputError(job.error)
+            request = job.request
+            ctNode, output = request["ct"], request["output"]
+            if ctNode.GetScene() is None:
+                raise InputError("the CT was removed from the scene while it was being segmented")
+            if output is not None and output.GetScene() is None:
+                output = None  # the chosen output was deleted meanwhile: a new node instead
+            image = mrml.volume_from_node(ctNode)
+            probability = _readArray(job.folder / "prob.nrrd").astype(np.float32, copy=False)
+            tumor = _readArray(job.folder / "tumor.nrrd") > 0
+            liver = _readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
+            if probability.shape != image.shape or tumor.shape != image.shape:
+                raise InputError("the CT changed while it was being segmented; segment it again")
+            box = _boundingBox(tumor)
+            lesions = lesions_in_box(tumor, image, probability, box) if box else []
+            return self._putResult(
+                ctNode, liver, tumor, probability, lesions, request["threshold"], request["minLesion"],
+                request["model"], output, request["replaceEdited"], request["showProbability"],
+            )
+        finally:
+            job.cleanup()
+
+    def _checkOutput(self, ctNode, outputSegmentationNode) -> None:
+        if outputSegmentationNode is not None and outputSegmentationNode.GetTransformNodeID() != ctNode.GetTransformNodeID():
+            raise InputError(
+                f"segmentation '{outputSegmentationNode.GetName()}' is under another transform than the CT; "
+                "choose 'Create new segmentation' as output"
+            )
+
+    def _modelThreshold(self, modelFolder: Path, threshold) -> tuple[float, float]:
+        """(decision threshold, smallest lesion mm^3) for a model folder: from its model.json
+        (save_model writes both), else from the model file itself."""
+        meta = _readJson(modelFolder / "model.json")
+        own, minimum = _number(meta.get("threshold")), _number(meta.get("min_lesion_mm3"))
+        if own is None or minimum is None:
+            trained = self.loadModel(modelFolder)
+            own, minimum = float(trained.threshold), float(trained.min_lesion_mm3)
+        threshold = own if threshold is None else float(threshold)
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"threshold {threshold} is outside (0, 1); use e.g. 0.5")
+        return threshold, minimum
+
+    def _putResult(self, ctNode, liver, tumor, probability, lesions, threshold, minLesion, modelName,
+                   outputSegmentationNode, replaceEdited, showProbability):
+        """Write one Segment result (arrays on the CT grid) into the scene: the tumor segment, the
+        kept probability map, the lesion table, the attributes re-thresholding needs, the display."""
+        from . import io as lio
+
+        probability = np.asarray(probability, dtype=np.float32)
         if liver is not None:
             probability = np.where(liver, np.maximum(probability, np.float32(PROBABILITY_FLOOR)), np.float32(0.0))
-
         segmentationNode = outputSegmentationNode
         if segmentationNode is None:
             segmentationNode = mrml.new_segmentation_node(self.scene, ctNode, f"{ctNode.GetName()} liver tumor")
-        elif segmentationNode.GetTransformNodeID() != ctNode.GetTransformNodeID():
-            raise InputError(
-                f"segmentation '{segmentationNode.GetName()}' is under another transform than the CT; "
-                "choose 'Create new segmentation' as output"
-            )
-        tumor = np.asarray(result.tumor.array) > 0
-        self._writeTumorSegment(segmentationNode, tumor, ctNode, replaceEdited, lio.TUMOR_SEGMENT)
+        self._writeTumorSegment(segmentationNode, np.asarray(tumor, dtype=bool), ctNode, replaceEdited, lio.TUMOR_SEGMENT)
         segmentationNode.SetNodeReferenceID(mrml.CT_ROLE, ctNode.GetID())
-        segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(result.threshold):.6g}")
-        segmentationNode.SetAttribute(MIN_LESION_ATTRIBUTE, f"{float(getattr(trained, 'min_lesion_mm3', 0.0)):.6g}")
+        segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(threshold):.6g}")
+        segmentationNode.SetAttribute(MIN_LESION_ATTRIBUTE, f"{float(minLesion):.6g}")
         segmentationNode.SetAttribute(REGION_ATTRIBUTE, "0" if liver is None else "1")
-        modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
         segmentationNode.SetAttribute(MODEL_ATTRIBUTE, modelName)
 
         probabilityNode = self._keepProbability(segmentationNode, ctNode, probability)
         tableNode = self._lesionTable(segmentationNode)
-        mrml.update_lesion_table(tableNode, result.lesions)
+        mrml.update_lesion_table(tableNode, lesions)
         self._show(segmentationNode, probabilityNode if showProbability else None)
         return segmentationNode, tableNode
 
@@ -489,6 +734,7 @@ class LiverTumorSegLogic:
         node = self.probabilityNode(segmentationNode)
         if node is None:
             node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentationNode.GetName()} probability")
+            node.SetAttribute(PROBABILITY_MAP_ATTRIBUTE, "1")
             segmentationNode.SetNodeReferenceID(mrml.PROBABILITY_ROLE, node.GetID())
         mrml.set_array_like(node, probability, ctNode)
         if node.GetDisplayNode() is None:
@@ -569,9 +815,7 @@ class LiverTumorSegLogic:
             pythonExecutable(), "-m", "LiverTumorSegLib", "train", str(self.libraryPath.resolve()),
             "--out", str(Path(outPath).resolve()), "--progress-json",
             "--minutes", f"{float(minutes):g}", "--seed", str(int(seed)),
-            # Leave a core to Slicer: training at full width stalls the GUI and, sharing cores
-            # with it, runs several times slower per step than with one thread less.
-            "--threads", str(max(1, (os.cpu_count() or 2) - 1)),
+            "--threads", str(_backgroundThreads()),
         ]
         if (init / "model.pt").is_file():
             command += ["--init", str(init.resolve())]

@@ -223,8 +223,14 @@ def segment_to_mask(segmentation_node, segment_id: str, reference_node) -> np.nd
             raise InputError(f"exported segment has shape {array.shape}, the CT {ref_shape}")
         return array > 0
     finally:
+        # The export also adds a "..._ColorTable" node to the scene (Segmentations
+        # logic, ExportSegmentsToLabelmapNode); remove it with the labelmap, as
+        # slicer.util.arrayFromSegmentBinaryLabelmap does, so no export leaves a node behind.
         display = labelmap.GetDisplayNode()
         if display is not None:
+            color = display.GetColorNode()
+            if color is not None and color.GetScene() is scene and not color.GetSingletonTag():
+                scene.RemoveNode(color)
             scene.RemoveNode(display)
         scene.RemoveNode(labelmap)
 
@@ -278,9 +284,27 @@ def write_segment(
         segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(image, name, list(color))
         segment = segmentation.GetSegment(segment_id)
         if terminology:
-            segment.SetTerminology(terminology)
+            set_terminology(segment, terminology)
     segmentation.GetSegment(segment_id).SetTag(CHECKSUM_TAG, mask_checksum(mask))
     return segment_id
+
+
+def set_terminology(segment, terminology: str) -> None:
+    """Set a segment's terminology entry through its tag.
+
+    vtkSegment.SetTerminology() exists only from Slicer 5.10 on; it stores exactly this tag, so
+    writing the tag works on 5.8 and on every later version.
+    """
+    import slicer
+
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
+
+
+def terminology(segment) -> str:
+    """A segment's serialized terminology entry, "" when it has none (any Slicer version)."""
+    import slicer
+
+    return segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
 
 
 def segment_tag(segment, name: str) -> str:
@@ -308,14 +332,24 @@ def segment_was_edited(segmentation_node, segment_id: str, reference_node) -> bo
 def ensure_conversion_rules() -> None:
     """Register labelmap <-> closed surface conversions if nobody has.
 
-    3D Slicer registers them at start-up; bare slicer-core does not, and without them empty
-    segments cannot be made and 3D views get no surface.
+    3D Slicer registers them at start-up (the Segmentations module logic), so inside the
+    application this does nothing. Bare slicer-core does not, and without them empty segments
+    cannot be made and 3D views get no surface. Whether a rule is there is asked through
+    vtkSegmentationConverter.GetPossibleConversions (VTK objects only), not through
+    GetConverterRules(), whose std::vector<vtkSmartPointer> return value older VTK wrappings
+    may not expose.
     """
     import slicer
 
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    if factory.GetConverterRules():
+    if hasattr(slicer, "app"):
         return
+    paths = slicer.vtkSegmentationConversionPaths()
+    slicer.vtkSegmentationConverter().GetPossibleConversions(
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName(), paths)
+    if paths.GetNumberOfPaths() > 0:
+        return
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule, slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
         factory.RegisterConverterRule(rule())
 
