@@ -42,16 +42,16 @@ def test_small_data_json_structure(small_data):
     assert result["benchmark"] == "small_data"
     assert result["completed_runs"] == result["planned_runs"] == 4  # 2 threshold floors + 2 networks
     assert result["missing_runs"] == []
-    assert set(result["test_sets"]) == {"phantom", "reference_synth"}
+    assert set(result["test_sets"]) == {"phantom", "reference_synth", "small_tumor"}
     summary = result["summary"]
-    for test in ("phantom", "reference_synth"):
+    for test in ("phantom", "reference_synth", "small_tumor"):
         assert set(summary[test]) == {"mhpnet", "unet3d", "threshold", "threshold_relative"}
         for model, per_k in summary[test].items():
             entry = per_k["2"]
             for metric in ("dice_mean", "dice_global"):
                 assert _finite(entry[metric]["mean"]) and 0.0 <= entry[metric]["mean"] <= 1.0, (model, metric)
                 assert _finite(entry[metric]["std"])
-            assert set(entry["recall_by_size"]) == {"<10mm", "10-20mm", ">20mm"}
+            assert set(entry["recall_by_size"]) == set(entry["precision_by_size_pooled"]) == {"<5mm", "5-10mm", "10-20mm", ">20mm"}
             assert _finite(entry["per_case_dice_pooled"]["mean"])
     for run in result["runs"]:
         assert run["train"]["training_cases"]
@@ -95,14 +95,27 @@ def test_speed_json_structure(tmp_path):
     _png(tmp_path / "speed.png")
 
 
-def test_method_changes_tiny_writes_every_variant_with_and_without_slivers(tmp_path):
+def test_method_changes_tiny_writes_every_variant_of_the_chain_by_size(tmp_path):
     result = _run("method_changes.py", tmp_path)
     assert result["benchmark"] == "method_changes" and result["preset"] == "tiny"
-    assert [v["variant"] for v in result["variants"]] == ["plain", "polarity_flip_0.25", "synthetic_copies_1"]
+    chain = [c["variant"] for c in result["chain"]]
+    assert [v["variant"] for v in result["variants"]] == chain and chain[0] == "base"
+    by_name = {v["variant"]: v for v in result["variants"]}
+    # Changes accumulate down the chain: the last variant holds every earlier change too.
+    last = by_name[chain[-1]]["settings"]
+    assert last["features"]["liver_reference"] == "mode" and last["loss"] == "patch_dice"
+    assert last["threshold_objective"] == "lesion" and last["features"]["spacing_mm"] == 1.5
+    assert by_name["base"]["settings"]["features"]["liver_reference"] == "median"
+    assert by_name["base"]["settings"]["loss"] == "batch_dice"
+    tests = set(result["test_sets"])
+    assert tests == {"phantom", "reference_synth", "small_tumor"}
+    for entry in [*result["variants"], *result["floors"]["0"].values()]:
+        for test in tests:
+            numbers = entry[test]
+            assert 0.0 <= numbers["dice_mean"] <= 1.0
+            assert set(numbers["recall_by_size"]) == set(numbers["precision_by_size"]) == {"<5mm", "5-10mm", "10-20mm", ">20mm"}
+            counted = sum(v["tumors"] for v in numbers["recall_by_polarity"].values())
+            assert counted == result["test_sets"][test]["n_tumors"] >= 1
+            assert sum(n for _, n in numbers["lesions_by_size"].values()) == counted
     for variant in result["variants"]:
         assert variant["steps"] == 2
-        for key in ("drop_slivers", "keep_slivers"):
-            numbers = variant[key]
-            assert 0.0 <= numbers["dice_mean"] <= 1.0
-            counted = sum(v["tumors"] for v in numbers["recall_by_polarity"].values())
-            assert counted == result["test_set"]["n_tumors"] >= 1

@@ -132,10 +132,16 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
     assert csv.read_text().splitlines()[0].lower().startswith("id")
     # The labelmap output is the same mask on the same grid.
     label_out = tmp_path / "tumor.nii.gz"
-    assert run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", label_out,
-                   "--model", tiny_model_dir).returncode == 0
+    again = run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", label_out,
+                    "--model", tiny_model_dir, "--threads", "1", "--progress-json")
+    assert again.returncode == 0, again.stderr
     labelmap = lio.read_labels(label_out, reference=image)
     np.testing.assert_array_equal(labelmap.array > 0, labels.array > 0)
+    # Progress as JSON lines for the Slicer module: every stage, ending with "done".
+    progress = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
+    stages = [line["stage"] for line in progress]
+    assert stages[0] == "prepare" and "network" in stages and stages[-1] == "done"
+    assert all(set(line) >= {"step", "total", "elapsed_s"} for line in progress)
 
 
 def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tiny_model_dir):

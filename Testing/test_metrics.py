@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.metrics import equivalent_diameter_mm, evaluate_case, summarize
+from LiverTumorSegLib.metrics import equivalent_diameter_mm, evaluate_case, size_bin, summarize
 
 
 def two_lesion_case():
@@ -84,17 +84,27 @@ def test_identical_masks():
     assert m["dice"] == 1.0 and m["hd95_mm"] == 0.0 and m["assd_mm"] == 0.0 and m["lesion_f1"] == 1.0
 
 
-def test_recall_by_size():
-    truth = np.zeros((40, 40, 80), bool)
+def test_recall_and_precision_by_size():
+    """Known answers: true lesions binned by their own equivalent diameter (recall), predicted
+    components by theirs (precision)."""
+    truth = np.zeros((40, 40, 100), bool)
     truth[2:4, 2:4, 2:4] = True  # 8 mm^3 -> d = 2.5 mm
-    truth[2:18, 2:18, 10:26] = True  # 4096 mm^3 -> d = 19.8 mm
+    truth[2:8, 2:8, 6:12] = True  # 216 mm^3 -> d = 7.4 mm (missed)
+    truth[2:18, 2:18, 16:32] = True  # 4096 mm^3 -> d = 19.8 mm
     truth[2:27, 2:27, 40:65] = True  # 15625 mm^3 -> d = 31.0 mm
     pred = np.zeros_like(truth)
-    pred[10:12, 10:12, 50:52] = True
+    pred[10:12, 10:12, 50:52] = True  # a 2.5 mm prediction inside the large lesion: true positive
+    pred[30:36, 30:36, 80:86] = True  # a 7.4 mm false lesion
     m = evaluate_case(pred, truth, (1.0, 1.0, 1.0))
     assert equivalent_diameter_mm(4096.0) == pytest.approx(19.85, abs=0.01)
-    assert m["recall_by_size"] == {"<10mm": 0.0, "10-20mm": 0.0, ">20mm": 1.0}
-    assert m["lesions_by_size"] == {"<10mm": [0, 1], "10-20mm": [0, 1], ">20mm": [1, 1]}
+    assert size_bin(4.99) == "<5mm" and size_bin(5.0) == "5-10mm" and size_bin(20.0) == "10-20mm" and size_bin(20.1) == ">20mm"
+    assert m["recall_by_size"] == {"<5mm": 0.0, "5-10mm": 0.0, "10-20mm": 0.0, ">20mm": 1.0}
+    assert m["lesions_by_size"] == {"<5mm": [0, 1], "5-10mm": [0, 1], "10-20mm": [0, 1], ">20mm": [1, 1]}
+    assert m["pred_lesions_by_size"] == {"<5mm": [1, 1], "5-10mm": [0, 1], "10-20mm": [0, 0], ">20mm": [0, 0]}
+    assert m["precision_by_size"] == {"<5mm": 1.0, "5-10mm": 0.0, "10-20mm": None, ">20mm": None}
+    s = summarize([m, evaluate_case(truth, truth, (1.0, 1.0, 1.0))])
+    assert s["recall_by_size"] == {"<5mm": 0.5, "5-10mm": 0.5, "10-20mm": 0.5, ">20mm": 1.0}
+    assert s["precision_by_size"] == {"<5mm": 1.0, "5-10mm": 0.5, "10-20mm": 1.0, ">20mm": 1.0}
 
 
 def test_summary_by_hand():
@@ -113,7 +123,7 @@ def test_summary_by_hand():
     assert s["lesion_precision_pooled"] == pytest.approx(1 / 2)
     assert s["lesion_f1_pooled"] == pytest.approx(2 * 0.5 * 0.25 / 0.75)
     assert s["n_distance_cases"] == 1 and s["hd95_mm_mean"] == case_a["hd95_mm"]
-    assert s["recall_by_size"]["<10mm"] == pytest.approx(1 / 4)  # all four lesions are < 10 mm
+    assert s["recall_by_size"]["<5mm"] == pytest.approx(1 / 4)  # all four lesions are < 5 mm
     json.dumps(s)
     json.dumps(case_a)  # plain Python numbers only: results go to JSON as they are
 

@@ -134,6 +134,19 @@ def test_fine_tuning_starts_from_the_model_and_replays_all_cases(trained, cases,
     assert 0 < moved < 0.2 * distance
 
 
+def test_a_child_that_forgot_is_marked_worse_than_its_parent(trained, cases):
+    """A parent that segments, and a child fine-tuned with a learning rate that wrecks it: the
+    parent check (rehearsal.check_cases) says the child is worse, and by how much."""
+    model, _ = trained
+    wrecked = train_model(cases, quick_settings(max_steps=3, lr=50.0, fine_tune_lr_factor=1.0, rehearsal_cases=1,
+                                                check_cases=2), init=model)
+    check = wrecked.meta["parent_check"]
+    parent_dice, child_dice = check["check_set"]["parent"]["dice_mean"], check["check_set"]["child"]["dice_mean"]
+    assert parent_dice > 0.1 and child_dice < parent_dice - 0.05, check
+    assert check["worse_than_parent"] and "check set" in check["worse_on"]
+    assert wrecked.meta["n_rehearsal_cases"] == 1 and len(check["check_cases"]) == 2
+
+
 def test_cancel_raises_and_bad_cases_are_input_errors(cases):
     calls = []
 

@@ -1,19 +1,19 @@
-"""Method changes, one at a time: what each did to the held-out numbers (issue 4 asks for this).
+"""Method changes, one at a time, each paired against the one before it (issue 8: small tumors).
 
-One training set (K tumors of the small-data protocol, one seed), a fixed step count (so the
-comparison does not depend on machine load), one held-out phantom test set; each variant is
-trained once and evaluated with and without each post-processing step. Variants:
+One training set (K tumors of the small-data protocol, one or more seeds), a fixed step count
+(so machine load cannot change the result), and the three held-out test sets of small_data.py
+(phantoms, tumors synthesised into the real CTs, the small-tumor set), never used to choose
+anything. Each variant adds one change to the previous variant (CHAIN order), so the difference
+between neighbours is the effect of that one change. Every variant is evaluated by lesion size:
+recall and precision for < 5, 5-10, 10-20 and > 20 mm next to per-case Dice, and recall by
+polarity (hypodense / hyperdense); the two threshold floors, fitted on the same training cases,
+are reported beside them.
 
-    plain               the engine's defaults without synthetic copies (training on the given cases only)
-    polarity_flip_0.25  plain, with patches mirrored about the liver level with probability 0.25
-    synthetic_copies_1  one synthetic variant per training case (synthesis.synthetic_copy): the default
+Resumable: each finished (variant, seed) is cached under benchmarks/work/method_changes/, keyed
+by the preset, the steps and a hash of the engine's source. Writes <out>/method_changes.json.
 
-Post-processing evaluated for each: the model's own threshold (chosen on validation) with and
-without dropping thin liver-surface slivers (lesions.drop_surface_slivers). Recall is also split
-by tumor polarity (hypodense: darker than the liver median; hyperdense: brighter).
-Writes <out>/method_changes.json.
-
-    python benchmarks/method_changes.py                  # about 5 min on 2 cores
+    python benchmarks/method_changes.py                       # round 1, every variant, seed 0 (2-5 min each on 2 cores)
+    python benchmarks/method_changes.py --chain round2 --seeds 0 1   # round 2 -> method_changes_round2.json
     python benchmarks/method_changes.py --tiny --out /tmp/x   # seconds, for the test suite
 """
 
@@ -29,29 +29,91 @@ import numpy as np
 import benchcommon as bc
 import small_data as sd
 
-# name: (PatchSettings changes, TrainSettings changes)
-VARIANTS = {
-    "plain": ({}, {"synthetic_copies": 0}),
-    "polarity_flip_0.25": ({"polarity_flip": 0.25}, {"synthetic_copies": 0}),
-    "synthetic_copies_1": ({}, {"synthetic_copies": 1}),
+# (name, what the step adds, FeatureSettings changes, PatchSettings changes, TrainSettings changes);
+# each entry's changes are added to everything above it in its chain.
+BASE = ("base", "the engine as of issue 8's start (commit 7c569e2): one synthetic copy per case, 2 mm grid", {}, {}, {})
+CHAINS = {
+    # Round 1: the issue's hypotheses in the order they were listed.
+    "round1": [
+        BASE,
+        ("liver_mode", "liver level = histogram mode, not median (survives heavy tumor burden)",
+         {"liver_reference": "mode"}, {}, {}),
+        ("small_synthetic", "synthetic copies skewed to small tumors: 2-4 Hu-recipe tumors of 5-15 mm, 40-120 HU",
+         {}, {}, {"synthetic_tumors": (2, 4), "synthetic_radius_mm": (2.5, 7.5), "synthetic_delta_hu": (40.0, 120.0)}),
+        ("patch_dice", "soft Dice per patch (each tumor-centred patch counts once), not over the batch",
+         {}, {}, {"loss": "patch_dice"}),
+        ("lesion_threshold", "threshold chosen by mean of Dice and lesion F1 (smoothed), not voxel Dice",
+         {}, {}, {"threshold_objective": "lesion"}),
+        ("fine_grid", "1.5 mm working grid, 40^3 patches (same mm of context)",
+         {"spacing_mm": 1.5}, {}, {"patch_size": 40}),
+    ],
+    # Round 2: round 1 found no single change that lets the net see 5-10 mm tumors, and the mode
+    # reference hurt; the design change first (fine blob channels), then round 1's helpers on it.
+    "round2": [
+        BASE,
+        ("fine_hessian", "blob channels at 1.5 / 2.5 mm computed on a 1.25 mm grid, max-pooled onto the 2 mm grid",
+         {"fine_hessian_mm": 1.25}, {}, {}),
+        ("sharp_small_synthetic", "synthetic copies skewed to small tumors: 2-4 Hu-recipe tumors of 5-15 mm, 40-120 HU, "
+         "edges blurred 0.5-1 mm (round 1's 1-2 mm left a 6 mm tumor a third of its contrast)",
+         {}, {}, {"synthetic_tumors": (2, 4), "synthetic_radius_mm": (2.5, 7.5), "synthetic_delta_hu": (40.0, 120.0),
+                  "synthetic_edge_mm": (0.5, 1.0)}),
+        ("patch_dice", "soft Dice per patch (each tumor-centred patch counts once), not over the batch",
+         {}, {}, {"loss": "patch_dice"}),
+        ("lesion_threshold", "threshold chosen by mean of Dice and lesion F1 (smoothed), not voxel Dice",
+         {}, {}, {"threshold_objective": "lesion"}),
+    ],
 }
 PRESETS = {
-    "full": dict(phantom="medium", k=7, seed=0, steps=500, test_cases=10, test_min_tumors=30, patch_size=None),
-    "tiny": dict(phantom="small", k=2, seed=0, steps=2, test_cases=1, test_min_tumors=1, patch_size=16),
+    "full": dict(phantom="medium", k=7, seeds=[0], steps=500, test_cases=10, test_min_tumors=30, patch_size=None,
+                 ref_variants=2, small_phantoms=8, small_ref_variants=3),
+    "tiny": dict(phantom="small", k=2, seeds=[0], steps=2, test_cases=1, test_min_tumors=1, patch_size=16,
+                 ref_variants=1, small_phantoms=0, small_ref_variants=1),
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="smoke-test version for Testing/test_benchmarks.py")
+    p.add_argument("--chain", choices=sorted(CHAINS), default="round1", help="which chain of changes (default round1)")
+    p.add_argument("--variants", nargs="+", help="which variants of the chain (default all, in chain order)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (training cases, initialisation, sampling); default 0")
+    p.add_argument("--steps", type=int, help="training steps per variant (default 500)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results (results/tiny for --tiny)")
-    p.add_argument("--work", type=Path, default=None, help="unused; accepted like the other scripts")
+    p.add_argument("--work", type=Path, default=None, help="cache folder (default benchmarks/work/method_changes)")
+    p.add_argument("--data", type=Path, default=bc.REPO_DIR / "Testing" / "Data", help="Testing/Data (TotalSegmentator CTs)")
     return p.parse_args(argv)
 
 
+def variant_settings(chain: list, name: str, seed: int, config: dict):
+    """TrainSettings of a chain entry: every change from the top of the chain down to it."""
+    from LiverTumorSegLib.patches import PatchSettings
+    from LiverTumorSegLib.preprocess import FeatureSettings
+    from LiverTumorSegLib.training import TrainSettings
+
+    features, patches, train = {}, {}, {}
+    for entry, _, f, p, t in chain:
+        features.update(f)
+        patches.update(p)
+        train.update(t)
+        if entry == name:
+            break
+    # "base" pins the pre-issue defaults, so later changes of the defaults do not move it.
+    base_features = {"liver_reference": "median", "spacing_mm": 2.0, "fine_hessian_mm": None}
+    base_train = {"synthetic_copies": 1, "synthetic_tumors": (1, 2), "synthetic_radius_mm": (3.0, 20.0),
+                  "synthetic_delta_hu": (65.0, 145.0), "synthetic_edge_mm": (1.0, 2.0), "loss": "batch_dice",
+                  "threshold_objective": "dice", "patch_size": 32, "rehearsal_cases": 4, "check_cases": 3}
+    if config["patch_size"]:
+        base_train["patch_size"] = config["patch_size"]
+        train.pop("patch_size", None)
+    settings = TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"],
+                             features=FeatureSettings(**{**base_features, **features}), **{**base_train, **train})
+    settings.patches = replace(PatchSettings(size=settings.patch_size), **patches)
+    return settings
+
+
 def polarity_recall(pred: np.ndarray, labels: np.ndarray, image) -> dict:
-    """Found / total tumors by polarity (a tumor is found when the prediction overlaps it)."""
+    """{hypodense|hyperdense: [found, tumors]} (a tumor is found when the prediction overlaps it)."""
     from scipy import ndimage
 
     from LiverTumorSegLib.lesions import label_lesions
@@ -69,63 +131,130 @@ def polarity_recall(pred: np.ndarray, labels: np.ndarray, image) -> dict:
     return out
 
 
-def run_variant(name: str, changes: tuple, train_cases: list, tests: list, config: dict) -> dict:
-    from LiverTumorSegLib.inference import mask_from_probability, segment
-    from LiverTumorSegLib.metrics import evaluate_case, summarize
-    from LiverTumorSegLib.patches import PatchSettings
-    from LiverTumorSegLib.training import TrainSettings, train_model
+SUMMARY_KEYS = ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_precision_pooled", "lesion_recall_pooled",
+                "recall_by_size", "precision_by_size", "lesions_by_size", "pred_lesions_by_size")
 
-    extra = {"patch_size": config["patch_size"]} if config["patch_size"] else {}
-    patch_changes, train_changes = changes
-    settings = TrainSettings(seed=config["seed"], minutes=600.0, max_steps=config["steps"], **extra, **train_changes)
-    settings.patches = replace(PatchSettings(size=settings.patch_size), **patch_changes)
+
+def evaluate_predictor(predict, tests: dict) -> dict:
+    """{test set: summary by size and polarity, plus per-case Dice} for predict(image, liver) -> bool mask."""
+    from LiverTumorSegLib.metrics import evaluate_case, summarize
+
+    out = {}
+    for test, cases in tests.items():
+        rows, polarity = [], {"hypodense": [0, 0], "hyperdense": [0, 0]}
+        for case_id, image, labels in cases:
+            liver, truth = labels.array > 0, labels.array == 2
+            pred = predict(image, liver)
+            rows.append({**evaluate_case(pred, truth, image.spacing_zyx), "case": case_id})
+            for kind, (found, total) in polarity_recall(pred, labels.array, image).items():
+                polarity[kind][0] += found
+                polarity[kind][1] += total
+        s = summarize(rows)
+        out[test] = {**{k: s[k] for k in SUMMARY_KEYS},
+                     "recall_by_polarity": {k: {"found": f, "tumors": n} for k, (f, n) in polarity.items()},
+                     "per_case_dice": {r["case"]: round(r["dice"], 4) for r in rows}}
+    return out
+
+
+def run_variant(chain: list, name: str, seed: int, train_cases: list, tests: dict, config: dict) -> dict:
+    from LiverTumorSegLib.inference import segment
+    from LiverTumorSegLib.training import train_model
+
+    settings = variant_settings(chain, name, seed, config)
     t = time.perf_counter()
     model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings)
-    out = {"variant": name, "patch_changes": patch_changes, "train_changes": train_changes, "steps": model.meta["steps"], "threshold": model.threshold,
-           "validation_dice": model.meta["validation"].get("dice"), "train_s": round(time.perf_counter() - t, 1)}
-    rows = {True: [], False: []}
-    polarity = {True: {"hypodense": [0, 0], "hyperdense": [0, 0]}, False: {"hypodense": [0, 0], "hyperdense": [0, 0]}}
-    for case_id, image, labels in tests:
-        liver, truth = labels.array > 0, labels.array == 2
-        probability = segment(image, liver, model).probability.array
-        for slivers in (True, False):
-            pred = mask_from_probability(probability, liver, model.threshold, image.spacing_zyx, model.min_lesion_mm3,
-                                         drop_slivers=slivers)
-            rows[slivers].append(evaluate_case(pred, truth, image.spacing_zyx))
-            for kind, (found, total) in polarity_recall(pred, labels.array, image).items():
-                polarity[slivers][kind][0] += found
-                polarity[slivers][kind][1] += total
-    for slivers in (True, False):
-        s = summarize(rows[slivers])
-        out["drop_slivers" if slivers else "keep_slivers"] = {
-            **{k: s[k] for k in ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_precision_pooled",
-                                 "lesion_recall_pooled", "hd95_mm_mean", "recall_by_size")},
-            "recall_by_polarity": {k: {"found": f, "tumors": n} for k, (f, n) in polarity[slivers].items()},
-        }
-    bc.log(f"{name}: threshold {model.threshold}, " + ", ".join(
-        f"{key} Dice {out[key]['dice_mean']:.3f} F1 {out[key]['lesion_f1_mean']:.3f}" for key in ("drop_slivers", "keep_slivers")))
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    result = {"variant": name, "seed": seed, "steps": model.meta["steps"], "threshold": model.threshold,
+              "validation": {k: model.meta["validation"].get(k) for k in ("dice", "lesion_f1", "threshold_objective", "mode")},
+              "train_s": round(train_s, 1), "settings": settings.to_dict(),
+              **evaluate_predictor(lambda image, liver: segment(image, liver, model).tumor.array > 0, tests)}
+    result["evaluate_s"] = round(time.perf_counter() - t, 1)
+    return result
+
+
+def run_floors(seed: int, train_cases: list, tests: dict) -> dict:
+    from LiverTumorSegLib.baseline import fit_threshold_baseline
+
+    out = {}
+    for kind in sd.FLOORS:
+        relative = kind == "threshold_relative"
+
+        def view(image, liver, relative=relative):
+            return sd.liver_relative(image, liver) if relative else image
+
+        floor = fit_threshold_baseline([(view(img, lab.array > 0), lab.array > 0, lab.array == 2) for _, img, lab, _ in train_cases])
+        out[kind] = {"variant": kind, "seed": seed, "threshold_hu": floor.threshold_hu,
+                     **evaluate_predictor(lambda image, liver: floor.segment(view(image, liver), liver), tests)}
     return out
+
+
+def log_line(result: dict, tests) -> str:
+    parts = []
+    for test in tests:
+        r = result[test]
+        small = r["recall_by_size"]["5-10mm"]
+        prec = r["precision_by_size"]["5-10mm"]
+        parts.append(f"{test} Dice {r['dice_mean']:.3f} 5-10mm R {_fmt(small)} P {_fmt(prec)}")
+    return f"{result['variant']} s{result['seed']}: " + "; ".join(parts)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     preset = "tiny" if args.tiny else "full"
     config = dict(PRESETS[preset])
+    if args.seeds:
+        config["seeds"] = args.seeds
+    if args.steps:
+        config["steps"] = args.steps
+    chain = CHAINS[args.chain]
+    names = [c[0] for c in chain if c[0] in (args.variants or [c[0] for c in chain])]
+    unknown = set(args.variants or []) - {c[0] for c in chain}
+    if unknown:
+        raise SystemExit(f"no variant {sorted(unknown)} in chain {args.chain}; it has {[c[0] for c in chain]}")
     threads = bc.set_threads(args.threads)
     out_dir = args.out or bc.results_dir(preset)
+    cache_config = {k: v for k, v in config.items() if k != "seeds"}
+    cache_config["chain"] = args.chain
+    work = (args.work or bc.WORK_DIR / "method_changes") / f"{preset}-{bc.config_key(cache_config)}-engine{sd.engine_hash()}"
+    work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    protocol = {**sd.PRESETS["full"], "phantom": config["phantom"], "ks": [config["k"]],
-                "test_cases": config["test_cases"], "test_min_tumors": config["test_min_tumors"]}
-    train_cases = sd.training_sets(config["seed"], protocol)[config["k"]]
-    tests = sd.phantom_test_set(protocol)
-    variants = [run_variant(name, changes, train_cases, tests, config) for name, changes in VARIANTS.items()]
+    protocol = {**sd.PRESETS["full"], "phantom": config["phantom"], "ks": [config["k"]], "test_cases": config["test_cases"],
+                "test_min_tumors": config["test_min_tumors"], "ref_variants": config["ref_variants"],
+                "small_phantoms": config["small_phantoms"], "small_ref_variants": config["small_ref_variants"],
+                "ref_names": sd.PRESETS[preset if preset == "tiny" else "full"]["ref_names"]}
+    tests = sd.held_out_test_sets(protocol, args.data)
+    bc.log("test sets: " + ", ".join(f"{n} {len(c)} cases" for n, c in tests.items()))
+    runs, floors, training = [], {}, {}
+    for seed in config["seeds"]:
+        train_cases = sd.training_sets(seed, protocol)[config["k"]]
+        training[str(seed)] = [c[0] for c in train_cases]
+        path = work / f"floors_s{seed}.json"
+        if not path.exists():
+            bc.write_json(path, run_floors(seed, train_cases, tests))
+        floors[str(seed)] = bc.read_json(path)
+        for name in names:
+            path = work / f"{name}_s{seed}.json"
+            if not path.exists():
+                result = run_variant(chain, name, seed, train_cases, tests, config)
+                bc.write_json(path, result)
+                bc.log(log_line(result, tests))
+            runs.append(bc.read_json(path))
     result = {**bc.result_header("method_changes", "method_changes.py", preset, config),
-              "torch_threads": threads, "machine": bc.machine(), "test_set": sd.describe_set(tests),
-              "training_cases": [c[0] for c in train_cases], "variants": variants,
+              "torch_threads": threads, "machine": bc.machine(), "engine_hash": sd.engine_hash(),
+              "test_sets": {n: sd.describe_set(c) for n, c in tests.items()},
+              "chain_name": args.chain,
+              "chain": [{"variant": n, "adds": what, "features": f, "patches": p, "train": t} for n, what, f, p, t in chain],
+              "training_cases": training, "floors": floors, "variants": runs,
               "wall_s": round(time.perf_counter() - start, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    bc.write_json(out_dir / "method_changes.json", result)
-    bc.log(f"wrote {out_dir / 'method_changes.json'}")
+    name = "method_changes.json" if args.chain == "round1" else f"method_changes_{args.chain}.json"
+    bc.write_json(out_dir / name, result)
+    bc.log(f"wrote {out_dir / name}")
     return result
 
 

@@ -16,8 +16,10 @@ Models, all trained with the same wall-time budget (`--minutes`), on the given c
     threshold_relative  the same floor on HU relative to each case's liver median ("darker than this
                         liver"): a stronger floor where liver enhancement differs between cases
 
-Two fixed held-out test sets: phantoms (>= 20 cases, >= 60 tumors) and tumors synthesised
-(Hu et al. 2023 recipe) into the real TotalSegmentator reference CTs in Testing/Data.
+Three fixed held-out test sets, never trained on and never used to choose anything: phantoms
+(>= 20 cases, >= 60 tumors), tumors synthesised (Hu et al. 2023 recipe) into the real
+TotalSegmentator reference CTs in Testing/Data, and the small-tumor set (`small_tumor_test_set`:
+mostly 5-15 mm tumors, 20-60 HU from the liver, some hyperdense, several per liver, 1-5 mm slices).
 
 Resumable: each finished (model, K, seed) run is cached as JSON under
 benchmarks/work/small_data/<preset>-<config hash>-engine<source hash>/, so an interrupted run
@@ -48,7 +50,7 @@ MODELS = ("mhpnet", "mhpnet_no_hessian", "mhpnet_single_scale", "unet3d", "mhpne
 PROTOCOL_MODELS = MODELS[:4]
 FLOOR = "threshold"
 FLOORS = (FLOOR, "threshold_relative")
-TEST_SETS = ("phantom", "reference_synth")
+TEST_SETS = ("phantom", "reference_synth", "small_tumor")
 METRICS = ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_recall_pooled", "lesion_precision_pooled",
            "hd95_mm_mean", "assd_mm_mean")
 
@@ -56,13 +58,13 @@ PRESETS = {
     # The full protocol: 5 networks x 3 K x 3 seeds = 45 trainings of 5 min, plus evaluation.
     "full": dict(phantom="medium", ks=[7, 14, 28], seeds=[0, 1, 2], models=list(MODELS), minutes=5.0,
                  max_steps=1_000_000, patch_size=None, batch_size=None, test_cases=24, test_min_tumors=72,
-                 test_tumors=[3, 4], ref_variants=3, ref_tumors=[2, 4], ref_names=None),
+                 test_tumors=[3, 4], ref_variants=3, ref_tumors=[2, 4], ref_names=None, small_phantoms=8, small_ref_variants=3),
     "quick": dict(phantom="small", ks=[7], seeds=[0], models=list(PROTOCOL_MODELS), minutes=0.5, max_steps=12,
                   patch_size=32, batch_size=None, test_cases=4, test_min_tumors=8, test_tumors=[2, 3],
-                  ref_variants=1, ref_tumors=[2, 3], ref_names=None),
+                  ref_variants=1, ref_tumors=[2, 3], ref_names=None, small_phantoms=1, small_ref_variants=1),
     "tiny": dict(phantom="small", ks=[2], seeds=[0], models=list(PROTOCOL_MODELS), minutes=0.3, max_steps=2,
                  patch_size=16, batch_size=2, test_cases=1, test_min_tumors=1, test_tumors=[1, 2],
-                 ref_variants=1, ref_tumors=[1, 2], ref_names=["example_ct_sm"]),
+                 ref_variants=1, ref_tumors=[1, 2], ref_names=["example_ct_sm"], small_phantoms=0, small_ref_variants=1),
 }
 
 
@@ -201,9 +203,50 @@ def reference_test_set(config: dict, data_dir: Path) -> list:
     return out
 
 
+def small_tumor_test_set(config: dict, data_dir: Path) -> list:
+    """The small-tumor test set: what a radiologist misses and a voxel Dice hides. Phantoms
+    (`small_phantoms`, 3-6 tumors of 5-15 mm each, 20-60 HU from the liver, a quarter hyperdense,
+    1-5 mm slices) and tumors of 5-15 mm synthesised into each real reference CT
+    (`small_ref_variants` per CT, 3-6 per liver, a quarter hyperdense; the Hu recipe's texture
+    halves delta, so delta 40-120 HU gives 20-60 HU mean contrast). Seeds no training uses."""
+    from LiverTumorSegLib.phantom import make_phantom
+    from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors
+
+    settings = phantom_settings(config["phantom"], n_tumors=(3, 6), tumor_diameter_mm=(5.0, 15.0), slice_mm=(1.0, 5.0),
+                                hypo_contrast_hu=(20.0, 60.0), hyper_contrast_hu=(20.0, 60.0),
+                                tumor_kind_weights=(0.55, 0.05, 0.15, 0.25))
+    out, seed = [], 8_000_000
+    while sum(c[0].startswith("small_phantom") for c in out) < config["small_phantoms"]:
+        case = make_phantom(seed, settings)
+        if count_tumors(case.labels.array) > 0:
+            out.append((f"small_phantom{seed}", case.image, case.labels))
+        seed += 1
+    for i, (name, image, liver) in enumerate(load_reference_cases(data_dir)):
+        if config.get("ref_names") and name not in config["ref_names"]:
+            continue
+        for v in range(config["small_ref_variants"]):
+            img, labels, _ = synthesize_tumors(image, liver, 9_000_000 + 100 * i + v, n_tumors=(3, 6), radius_mm=(2.5, 7.5),
+                                               delta_hu=(40.0, 120.0), hyper_fraction=0.25, edge_sigma_mm=(0.5, 1.5))
+            if count_tumors(labels.array) > 0:
+                out.append((f"{name}_small{v}", img, labels))
+    return out
+
+
+def held_out_test_sets(config: dict, data_dir: Path) -> dict:
+    """{name: [(case_id, image, labels)]} for every TEST_SETS entry the config asks for."""
+    tests = {"phantom": phantom_test_set(config)}
+    ref = reference_test_set(config, data_dir)
+    if ref:
+        tests["reference_synth"] = ref
+    small = small_tumor_test_set(config, data_dir)
+    if small:
+        tests["small_tumor"] = small
+    return tests
+
+
 def describe_set(cases: list) -> dict:
     from LiverTumorSegLib.lesions import label_lesions
-    from LiverTumorSegLib.metrics import equivalent_diameter_mm
+    from LiverTumorSegLib.metrics import SIZE_BINS, equivalent_diameter_mm, size_bin
 
     diameters = []
     for _, image, labels in cases:
@@ -215,7 +258,8 @@ def describe_set(cases: list) -> dict:
         "n_cases": len(cases),
         "n_tumors": len(diameters),
         "tumor_diameter_mm": {"min": float(d.min()), "median": float(np.median(d)), "max": float(d.max())} if len(d) else None,
-        "tumors_by_size": {"<10mm": int((d < 10).sum()), "10-20mm": int(((d >= 10) & (d <= 20)).sum()), ">20mm": int((d > 20).sum())},
+        "tumors_by_size": {b: sum(size_bin(x) == b for x in d) for b in SIZE_BINS},
+        "slice_mm": sorted({round(float(image.spacing_zyx[0]), 2) for _, image, _ in cases}),
         "shapes": sorted({str(tuple(image.shape)) for _, image, _ in cases}),
         "cases": [c[0] for c in cases],
     }
@@ -346,6 +390,8 @@ def aggregate(runs: list[dict], test_sets: list[str]) -> dict:
                                                  "n": len(dices)}
                 entry["recall_by_size_pooled"] = pooled["recall_by_size"]
                 entry["lesions_by_size_pooled"] = pooled["lesions_by_size"]
+                entry["precision_by_size_pooled"] = pooled["precision_by_size"]
+                entry["pred_lesions_by_size_pooled"] = pooled["pred_lesions_by_size"]
                 entry["recall_by_size"] = {b: _stats([s["recall_by_size"][b] for s in summaries]) for b in SIZE_BINS}
                 if model not in FLOORS:
                     entry["train_steps"] = _stats([r["train"]["steps"] for r in group])
@@ -407,7 +453,8 @@ def plot(summary: dict, path: Path, title: str) -> Path:
         ax.set_ylabel("per-case Dice (mean over test cases)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.set_title({"phantom": "held-out phantoms", "reference_synth": "tumors synthesised into real CTs"}[test])
+        ax.set_title({"phantom": "held-out phantoms", "reference_synth": "tumors synthesised into real CTs",
+                      "small_tumor": "small-tumor set (5-15 mm)"}[test])
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
@@ -437,10 +484,7 @@ def main(argv=None) -> dict:
     tests, test_info, train_info = {}, {}, {}
     if not args.report_only:
         t = time.perf_counter()
-        tests = {"phantom": phantom_test_set(config)}
-        ref = reference_test_set(config, args.data)
-        if ref:
-            tests["reference_synth"] = ref
+        tests = held_out_test_sets(config, args.data)
         test_info = {name: describe_set(cases) for name, cases in tests.items()}
         bc.log(f"test sets ready in {time.perf_counter() - t:.0f} s: "
                + ", ".join(f"{n} {i['n_cases']} cases / {i['n_tumors']} tumors" for n, i in test_info.items()))
@@ -520,7 +564,8 @@ def _brief(rows: list) -> dict:
     from LiverTumorSegLib.metrics import summarize
 
     s = summarize(rows)
-    return {k: s[k] for k in ("n_cases", "dice_mean", "dice_std", "dice_global", "lesion_f1_mean", "hd95_mm_mean", "recall_by_size")}
+    return {k: s[k] for k in ("n_cases", "dice_mean", "dice_std", "dice_global", "lesion_f1_mean", "hd95_mm_mean", "recall_by_size",
+                          "precision_by_size")}
 
 
 def print_table(summary: dict) -> None:

@@ -1,4 +1,7 @@
-"""Markdown tables from benchmarks/results/{small_data,speed}.json (pasted into RESULTS.md).
+"""Markdown tables from benchmarks/results/{small_data,method_changes,speed}.json (pasted into RESULTS.md).
+
+Accuracy is given by lesion size: recall / precision for 5-10, 10-20 and > 20 mm next to Dice
+(results written before the 5 mm split show recall for < 10 mm instead).
 
     python benchmarks/tables.py [results folder]
 """
@@ -29,21 +32,37 @@ def _r(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+SIZES = ("5-10mm", "10-20mm", ">20mm")
+
+
+def by_size(recall: dict, precision: dict | None) -> str:
+    """'R / P' for 5-10, 10-20, > 20 mm (older results: recall only, with < 10 mm)."""
+    if "5-10mm" not in recall:
+        return " | ".join(_r(recall.get(b)) for b in ("<10mm", "10-20mm", ">20mm"))
+    return " | ".join(f"{_r(recall.get(b))} / {_r((precision or {}).get(b))}" for b in SIZES)
+
+
+def size_header(recall: dict) -> str:
+    if "5-10mm" not in recall:
+        return "recall <10 mm | recall 10-20 mm | recall >20 mm"
+    return "5-10 mm R / P | 10-20 mm R / P | >20 mm R / P"
+
+
 def small_data_tables(d: dict) -> str:
     out = []
     for test, per_model in d["summary"].items():
         info = d["test_sets"].get(test, {})
         out.append(f"\n**Test set `{test}`**: {info.get('n_cases')} cases, {info.get('n_tumors')} tumors "
                    f"(by size {info.get('tumors_by_size')}).\n")
-        out.append("| model | K | seeds | per-case Dice | global Dice | lesion F1 | HD95 mm | recall <10 / 10-20 / >20 mm | train steps |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        first = next(e for per_k in per_model.values() for e in per_k.values())
+        out.append(f"| model | K | seeds | per-case Dice | global Dice | lesion F1 | HD95 mm | {size_header(first['recall_by_size_pooled'])} | train steps |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for model, per_k in per_model.items():
             for k, e in per_k.items():
-                rec = e["recall_by_size_pooled"]
                 steps = _f(e.get("train_steps"), 0) if e.get("train_steps") else "-"
                 out.append(f"| {NAMES.get(model, model)} | {k} | {len(e['seeds'])} | {_f(e['dice_mean'])} | {_f(e['dice_global'])} | "
                            f"{_f(e['lesion_f1_mean'])} | {_f(e['hd95_mm_mean'], 1)} | "
-                           f"{_r(rec['<10mm'])} / {_r(rec['10-20mm'])} / {_r(rec['>20mm'])} | {steps} |")
+                           f"{by_size(e['recall_by_size_pooled'], e.get('precision_by_size_pooled'))} | {steps} |")
     return "\n".join(out)
 
 
@@ -87,21 +106,42 @@ def paired_tables(d: dict) -> str:
 
 
 def method_tables(d: dict) -> str:
+    """Per test set: every chain variant (each adds one change to the row above) and the floors,
+    by size and polarity; then each change's paired per-case Dice difference against the row above."""
     c = d["config"]
-    out = [f"One training set (K = {c['k']}, seed {c['seed']}, {c['phantom']} phantoms), {c['steps']} steps for every "
-           f"variant, {d['test_set']['n_cases']} held-out phantoms with {d['test_set']['n_tumors']} tumors; each model "
-           "at its own validation-chosen threshold, with and without the liver-surface sliver removal.\n",
-           "| variant | slivers | threshold | per-case Dice | global Dice | lesion F1 | lesion precision | lesion recall "
-           "| found hypodense | found hyperdense |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for v in d["variants"]:
-        for key, label in (("keep_slivers", "kept"), ("drop_slivers", "removed")):
-            x = v[key]
+    seeds = sorted({v["seed"] for v in d["variants"]})
+    out = [f"One training set per seed (K = {c['k']} tumors, {c['phantom']} phantoms, seeds {seeds}), {c['steps']} fixed "
+           "steps for every variant; each model at its own validation-chosen threshold. Each variant adds one change to "
+           "the row above it. Recall / precision by lesion size (equivalent diameter); floors fitted on the same cases."]
+    for test, info in d["test_sets"].items():
+        out.append(f"\n**{test}**: {info['n_cases']} cases, {info['n_tumors']} tumors {info['tumors_by_size']}, "
+                   f"slices {min(info.get('slice_mm') or [0]):g}-{max(info.get('slice_mm') or [0]):g} mm\n")
+        out.append("| variant | seed | threshold | per-case Dice | lesion F1 | 5-10 mm R / P | 10-20 mm R / P | >20 mm R / P "
+                   "| found hypo | found hyper |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        rows = d["variants"] + [f for per_seed in d["floors"].values() for f in per_seed.values()]
+        for v in rows:
+            x = v[test]
             pol = x["recall_by_polarity"]
-            out.append(f"| {v['variant']} | {label} | {v['threshold']} | {x['dice_mean']:.3f} | {x['dice_global']:.3f} | "
-                       f"{x['lesion_f1_mean']:.3f} | {x['lesion_precision_pooled']:.3f} | {x['lesion_recall_pooled']:.3f} | "
+            threshold = v.get("threshold", f"{v.get('threshold_hu', 0):.0f} HU")
+            out.append(f"| {NAMES.get(v['variant'], v['variant'])} | {v['seed']} | {threshold} | {x['dice_mean']:.3f} | "
+                       f"{_r(x['lesion_f1_mean'])} | {by_size(x['recall_by_size'], x['precision_by_size'])} | "
                        f"{pol['hypodense']['found']}/{pol['hypodense']['tumors']} | "
                        f"{pol['hyperdense']['found']}/{pol['hyperdense']['tumors']} |")
+    out.append("\n**Each change against the variant above it** (per-case Dice difference, paired by case and seed; "
+               "5-10 mm tumors found, difference), by test set:\n")
+    out.append("| change | " + " | ".join(d["test_sets"]) + " |")
+    out.append("|---|" + "---|" * len(d["test_sets"]))
+    for prev, cur in zip(d["variants"], d["variants"][1:]):
+        if prev["seed"] != cur["seed"]:
+            continue
+        cells = []
+        for test in d["test_sets"]:
+            a, b = prev[test]["per_case_dice"], cur[test]["per_case_dice"]
+            diff = sum(b[k] - a[k] for k in a) / max(len(a), 1)
+            small = cur[test]["lesions_by_size"]["5-10mm"][0] - prev[test]["lesions_by_size"]["5-10mm"][0]
+            cells.append(f"{diff:+.3f}, {small:+d} small")
+        out.append(f"| {cur['variant']} (seed {cur['seed']}) | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

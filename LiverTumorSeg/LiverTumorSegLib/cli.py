@@ -37,13 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
     p.add_argument("--lesions", help="also write the lesion table here (.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
+    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
     p = sub.add_parser("train", help="train (or fine-tune) a model on a folder of cases")
     p.add_argument("cases", help="case library, or a folder of case folders (image.nrrd + label.nrrd)")
     p.add_argument("--out", required=True, help="new model folder (must not exist: versions are never overwritten)")
     p.add_argument("--init", help="model to fine-tune from (folder or model.pt); earlier cases are replayed")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default 5)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps")
+    p.add_argument("--minutes", type=float, default=5.0,
+                   help="time cap in minutes (default 5): training stops early only if the planned steps take longer")
+    p.add_argument("--max-steps", type=int, help="planned optimisation steps (default %d); model.json says how many ran" % _default_steps())
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="end to end: phantoms -> train on a few tumors -> segment held-out cases")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=3.0, help="training budget in minutes (default 3)")
+    p.add_argument("--minutes", type=float, default=5.0, help="Retrain's time cap in minutes (default 5)")
     p.add_argument("--quick", action="store_true", help="tiny version (about a minute) for tests")
     return parser
 
@@ -114,6 +117,17 @@ def tumor_mask(labels) -> "np.ndarray":  # noqa: F821
 
     values = labels.array
     return values == 2 if np.any(values == 2) else values > 0
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads (None: torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads {threads} must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def make_progress_printer(as_json: bool):
@@ -166,8 +180,13 @@ def cmd_segment(args) -> int:
     else:
         warnings.warn("no --liver mask given: segmenting the whole volume (slower, more false positives)")
         liver = None
+    set_threads(args.threads)
     model = load_model_arg(args.model)
-    result = segment(image, liver, model, threshold=args.threshold)
+    report, close = make_progress_printer(args.progress_json) if args.progress_json else (None, lambda: None)
+    try:
+        result = segment(image, liver, model, threshold=args.threshold, progress=report)
+    finally:
+        close()
     write_tumor_output(out, result.tumor)
     if prob_out:
         lio.write_image(result.probability, prob_out)
@@ -188,6 +207,12 @@ def write_tumor_output(out: Path, tumor) -> None:
         lio.write_labelmap(tumor, out)
 
 
+def _default_steps() -> int:
+    from .training import TrainSettings
+
+    return TrainSettings.__dataclass_fields__["max_steps"].default
+
+
 def cmd_train(args) -> int:
     from .library import find_case_folders, read_case_folder
     from .modelstore import load_model, save_model
@@ -198,12 +223,7 @@ def cmd_train(args) -> int:
         raise InputError(f"{out} already exists; model versions are never overwritten, choose a new folder")
     if args.minutes <= 0:
         raise InputError(f"--minutes {args.minutes} must be positive")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads {args.threads} must be at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     folders = find_case_folders(args.cases)
     cases = [(folder.name, *read_case_folder(folder)) for folder in folders]
     init = load_model(Path(args.init)) if args.init else None
@@ -222,7 +242,13 @@ def cmd_train(args) -> int:
         print(json.dumps({"stage": "done", "model": str(out), "validation": validation}), flush=True)
     else:
         dice = validation.get("dice")
-        print(f"model written to {out}" + (f" (validation Dice {dice:.3f})" if dice is not None else ""))
+        print(f"model written to {out}" + (f" (validation Dice {dice:.3f})" if dice is not None else "")
+              + f", {model.meta['steps']} of {model.meta['steps_planned']} planned steps")
+    check = model.meta.get("parent_check") or {}
+    if check.get("worse_than_parent"):
+        print(f"warning: the new model scores more than {check['tolerance']} Dice below its parent {check['parent']} on "
+              f"{' and '.join(check['worse_on'])}; keep using the parent unless your own cases say otherwise",
+              file=sys.stderr)
     return 0
 
 

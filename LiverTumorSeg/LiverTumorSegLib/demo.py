@@ -1,8 +1,12 @@
-"""`livertumorseg demo`: the whole job end to end on generated data.
+"""`livertumorseg demo`: a radiologist's story, end to end on generated data.
 
-Writes phantom cases, fine-tunes the shipped default model (or trains from scratch when none is
-shipped) on the tumors of a few training cases, segments held-out cases, compares with the
-classical threshold floor, and leaves files a user can open in 3D Slicer.
+The shipped default model segments held-out cases; then Retrain fine-tunes it on the tumors of
+a few training cases (as the Slicer module's Retrain does, rehearsal included); the new model
+segments the same held-out cases. Dice and tumors found by size (5-10, 10-20, > 20 mm) before
+and after, next to the classical threshold floor, go to metrics.json and the console. The overlay
+PNG shows the first held-out case (chosen by its seed, never by its result): the slice with the
+most tumor and a slice through its smallest tumor, found or missed. A CT and the tumor
+segmentation are left for 3D Slicer.
 """
 
 from __future__ import annotations
@@ -15,15 +19,13 @@ import numpy as np
 
 from .errors import InputError
 
-TRAIN_CASES, TEST_CASES = 3, 3
+TRAIN_CASES, TEST_CASES = 3, 4
 
 
-def run_demo(out: Path, seed: int = 0, minutes: float = 3.0, quick: bool = False) -> dict:
+def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False) -> dict:
     from . import io as lio
     from .baseline import fit_threshold_baseline
-    from .inference import segment
     from .library import CaseLibrary, find_case_folders
-    from .metrics import evaluate_case, summarize
     from .modelstore import default_model_path, load_model, save_model
     from .phantom import PhantomSettings, write_phantom_cases
     from .training import TrainSettings, train_model
@@ -32,9 +34,10 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 3.0, quick: bool = False
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; remove it or pass another --out folder")
     settings = PhantomSettings.small() if quick else None
-    minutes = min(minutes, 0.5) if quick else minutes
+    train_settings = TrainSettings(seed=seed, minutes=min(minutes, 0.5), max_steps=8, rehearsal_cases=1, check_cases=1) \
+        if quick else TrainSettings(seed=seed, minutes=minutes)
 
-    print(f"1/4 writing {TRAIN_CASES} training and {TEST_CASES} held-out phantom cases to {out}")
+    print(f"1/5 writing {TRAIN_CASES} training and {TEST_CASES} held-out phantom cases to {out}")
     library = CaseLibrary(out / "library")
     write_phantom_cases(library.cases_dir, TRAIN_CASES, seed, settings)
     test_dir = out / "held_out"
@@ -42,60 +45,89 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 3.0, quick: bool = False
     train = [_load(folder) for folder in find_case_folders(library.root)]
     test = [_load(folder) for folder in find_case_folders(test_dir)]
     n_tumors = sum(info.tumor_count for info in library.list_cases())
+    floor = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
 
     default = default_model_path()
     init = load_model(default) if (default / "model.pt").is_file() else None
-    start = "fine-tuning the shipped default model" if init else "training from scratch"
-    print(f"2/4 {start} on {n_tumors} tumors for up to {minutes:g} min")
+    stages = {}
+    if init is not None:
+        print("2/5 the shipped default model on the held-out cases")
+        stages["default_model"] = _segment_all(init, test)
+    else:
+        print("2/5 no shipped default model: training from scratch")
+    print(f"3/5 Retrain: {'fine-tuning the default model' if init else 'training'} on {n_tumors} tumors "
+          f"({train_settings.max_steps} steps planned, at most {train_settings.minutes:g} min)")
     t0 = time.perf_counter()
-    model = train_model(
-        [(name, image, labels) for name, image, labels in train],
-        TrainSettings(seed=seed, minutes=minutes),
-        init=init,
-        progress=_printer(),
-    )
+    model = train_model([(name, image, labels) for name, image, labels in train], train_settings, init=init,
+                        progress=_printer())
     train_s = time.perf_counter() - t0
     version = library.new_version_path()
     save_model(model, version)
     library.set_active(version.name)
-    print(f"\n   model {version.name} written ({train_s:.0f} s)")
+    print(f"\n   model {version.name} written ({train_s:.0f} s, {model.meta['steps']} steps)")
 
-    print("3/4 segmenting held-out cases")
-    baseline = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
-    net_rows, floor_rows, seconds = [], [], []
-    first = None
-    for name, image, labels in test:
-        liver, truth = labels.array > 0, labels.array == 2
-        t0 = time.perf_counter()
-        result = segment(image, liver, model)
-        seconds.append(time.perf_counter() - t0)
-        net_rows.append(evaluate_case(result.tumor.array > 0, truth, image.spacing_zyx))
-        floor_rows.append(evaluate_case(baseline.segment(image, liver), truth, image.spacing_zyx))
-        print(f"   {name}: Dice {net_rows[-1]['dice']:.3f} (threshold floor {floor_rows[-1]['dice']:.3f}), {seconds[-1]:.1f} s")
-        if first is None:
-            first = (name, image, labels, result)
+    print("4/5 the retrained model and the threshold floor on the same held-out cases")
+    stages["retrained"] = _segment_all(model, test)
+    stages["threshold_floor"] = _segment_all(floor, test)
 
-    print("4/4 writing results")
-    name, image, labels, result = first
+    print("5/5 writing results")
+    name, image, labels = test[0]
+    after = stages["retrained"]["masks"][0]
+    before = stages["default_model"]["masks"][0] if "default_model" in stages else None
     lio.write_image(image, out / f"{name}_ct.nrrd")
-    lio.write_segmentation(out / f"{name}_tumor.seg.nrrd", result.tumor, [lio.TUMOR_SEGMENT])
-    png = write_overlay_png(out / f"{name}_overlay.png", image, labels.array == 2, result.tumor.array > 0)
+    lio.write_segmentation(out / f"{name}_tumor.seg.nrrd", image.with_array(after.view(np.uint8)), [lio.TUMOR_SEGMENT])
+    png = write_overlay_png(out / f"{name}_overlay.png", image, labels.array == 2, after, before)
     report = {
-        "training": {"cases": len(train), "tumors": n_tumors, "seconds": round(train_s, 1), "init": str(default) if init else None},
-        "mhpnet": summarize(net_rows),
-        "threshold_floor": {**summarize(floor_rows), "threshold_hu": baseline.threshold_hu},
-        "segment_seconds": [round(s, 2) for s in seconds],
+        "training": {"cases": len(train), "tumors": n_tumors, "seconds": round(train_s, 1), "steps": model.meta["steps"],
+                     "init": str(default) if init else None, "parent_check": model.meta.get("parent_check")},
+        "held_out_cases": [c[0] for c in test],
+        **{stage: result["summary"] for stage, result in stages.items()},
+        "threshold_floor_hu": floor.threshold_hu,
+        "segment_seconds": stages["retrained"]["seconds"],
+        "overlay_case": name,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    net, floor = report["mhpnet"], report["threshold_floor"]
-    print(
-        f"\nMHP-Net: per-case Dice {_fmt(net['dice_mean'])}, global Dice {_fmt(net['dice_global'])}, "
-        f"lesion F1 {_fmt(net['lesion_f1_mean'])}\n"
-        f"Threshold floor: per-case Dice {_fmt(floor['dice_mean'])}, global Dice {_fmt(floor['dice_global'])}, "
-        f"lesion F1 {_fmt(floor['lesion_f1_mean'])}\n"
-        f"Open {out / (name + '_ct.nrrd')} and {out / (name + '_tumor.seg.nrrd')} in 3D Slicer; overlay: {png}"
-    )
+    print(story_table(report))
+    print(f"Open {out / (name + '_ct.nrrd')} and {out / (name + '_tumor.seg.nrrd')} in 3D Slicer; overlay: {png}")
     return report
+
+
+def _segment_all(predictor, cases) -> dict:
+    """Masks, summary (metrics.summarize) and seconds of a model (or the threshold floor) over cases."""
+    from .inference import segment
+    from .metrics import evaluate_case, summarize
+
+    masks, rows, seconds = [], [], []
+    for _, image, labels in cases:
+        liver, truth = labels.array > 0, labels.array == 2
+        t0 = time.perf_counter()
+        if hasattr(predictor, "network"):
+            mask = segment(image, liver, predictor).tumor.array > 0
+        else:
+            mask = predictor.segment(image, liver)
+        seconds.append(round(time.perf_counter() - t0, 2))
+        masks.append(mask)
+        rows.append(evaluate_case(mask, truth, image.spacing_zyx))
+    return {"masks": masks, "summary": summarize(rows), "seconds": seconds}
+
+
+STAGE_NAMES = {"default_model": "default model", "retrained": "after Retrain", "threshold_floor": "threshold floor"}
+
+
+def story_table(report: dict) -> str:
+    """Before / after / floor: per-case Dice and tumors found (and lesion precision) by size."""
+    from .metrics import SIZE_BINS
+
+    bins = [b for b in SIZE_BINS if any(report[s]["lesions_by_size"][b][1] for s in STAGE_NAMES if s in report)]
+    header = "| | per-case Dice | " + " | ".join(f"found {b}" for b in bins) + " | lesion precision |"
+    lines = [header, "|" + "---|" * (len(bins) + 3)]
+    for stage, label in STAGE_NAMES.items():
+        if stage not in report:
+            continue
+        s = report[stage]
+        found = [f"{s['lesions_by_size'][b][0]} / {s['lesions_by_size'][b][1]}" for b in bins]
+        lines.append(f"| {label} | {_fmt(s['dice_mean'])} | " + " | ".join(found) + f" | {_fmt(s['lesion_precision_pooled'])} |")
+    return "\n".join(lines)
 
 
 def _fmt(value) -> str:
@@ -117,23 +149,43 @@ def _printer():
     return report
 
 
-def write_overlay_png(path: Path, image, truth: np.ndarray, pred: np.ndarray) -> Path:
-    """One axial slice through the largest true tumor: CT, truth (green) and prediction (red) outlines."""
+def write_overlay_png(path: Path, image, truth: np.ndarray, pred: np.ndarray, before: np.ndarray | None = None) -> Path:
+    """Two axial slices of one case: the one with the most tumor, and one through the centre of
+    its smallest tumor, whose title says whether it was found. CT, truth (green), prediction
+    after Retrain (red) and, when given, the default model's (yellow, dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    z = int(np.argmax(truth.sum(axis=(1, 2)))) if truth.any() else image.shape[0] // 2
+    from .lesions import label_lesions
+    from .metrics import equivalent_diameter_mm
+
+    z_most = int(np.argmax(truth.sum(axis=(1, 2)))) if truth.any() else image.shape[0] // 2
+    panels = [(z_most, f"slice {z_most}: most tumor")]
+    components, n = label_lesions(truth)
+    if n:
+        sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        smallest = int(np.argmin(sizes)) + 1
+        blob = components == smallest
+        z_small = int(round(float(np.mean(np.nonzero(blob)[0]))))
+        d = equivalent_diameter_mm(sizes[smallest - 1] * image.voxel_volume_mm3)
+        verdict = "found" if (pred & blob).any() else "MISSED"
+        if before is not None:
+            verdict += f" (default model: {'found' if (before & blob).any() else 'missed'})"
+        panels.append((z_small, f"slice {z_small}: smallest tumor, {d:.0f} mm: {verdict}"))
     sy, sx = image.spacing_zyx[1], image.spacing_zyx[2]
-    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] * sy / (image.shape[2] * sx)), dpi=100)
-    ax.imshow(np.clip(image.array[z], -160, 240), cmap="gray", aspect=sy / sx)
-    if truth[z].any():
-        ax.contour(truth[z], levels=[0.5], colors="lime", linewidths=1.2)
-    if pred[z].any():
-        ax.contour(pred[z], levels=[0.5], colors="red", linewidths=1.2)
-    ax.set_title(f"slice {z}: truth (green), MHP-Net (red)")
-    ax.axis("off")
+    height = 5.2 * image.shape[1] * sy / (image.shape[2] * sx)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height + 0.6), dpi=100, squeeze=False)
+    for ax, (z, title) in zip(axes[0], panels):
+        ax.imshow(np.clip(image.array[z], -160, 240), cmap="gray", aspect=sy / sx)
+        for mask, color, style in ((truth, "lime", "solid"), (before, "yellow", "dashed"), (pred, "red", "solid")):
+            if mask is not None and mask[z].any():
+                ax.contour(mask[z], levels=[0.5], colors=color, linewidths=1.1, linestyles=style)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle("truth (green), after Retrain (red)" + (", default model (yellow, dashed)" if before is not None else ""),
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -24,6 +24,7 @@ from .hessian import hessian_channels
 from .volume import Volume
 
 NORMALIZATIONS = ("liver", "window", "both")
+LIVER_REFERENCES = ("median", "mode")
 _ROBUST_SIGMA = 1.4826  # median absolute deviation -> standard deviation for a normal distribution
 _SLAB = 32  # slices resampled at a time (bounds the temporary memory)
 
@@ -36,7 +37,14 @@ class FeatureSettings:
     transfers across scanners and contrast phases; "window" = HU window mapped to [0, 1];
     "both" = the two as separate channels. spread_hu None = the case's robust spread (1.4826 MAD
     of liver HU) clipped to spread_limits_hu; a number = that fixed spread in HU.
+    liver_reference: the liver level "darker than this liver" is measured against: "median" of
+    all liver voxels, or "mode" of the liver histogram, the parenchyma's own level, which a heavy
+    tumor burden (a quarter of the liver can be tumor) does not pull down.
     Hessian channels are computed on the liver-relative image (or HU / 50 for "window"), in mm.
+    fine_hessian_mm: None, or the spacing (mm) of a finer grid on which small-scale blob channels
+    (fine_hessian_scales_mm, max over scales, both polarities) are computed and then max-pooled
+    onto the working grid: at 2 mm a 6 mm lesion is 3 voxels and its blob response is smeared
+    away by resampling first; computed finer and pooled, it survives.
     """
 
     spacing_mm: float = 2.0
@@ -47,20 +55,28 @@ class FeatureSettings:
     spread_limits_hu: tuple = (12.0, 60.0)
     clip: float = 6.0
     fallback_liver_hu: float = 110.0
+    liver_reference: str = "median"
     use_hessian: bool = True
     hessian_scales_mm: tuple = (3.0, 6.0, 12.0)
     hessian_polarities: tuple = ("dark", "bright")
     hessian_combine: str = "max"
+    fine_hessian_mm: float | None = None
+    fine_hessian_scales_mm: tuple = (1.5, 2.5)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
+        if self.liver_reference not in LIVER_REFERENCES:
+            raise InputError(f"liver_reference must be one of {LIVER_REFERENCES}, not {self.liver_reference!r}")
         if not self.spacing_mm > 0:
             raise InputError("the working spacing must be a positive number of mm")
         self.hu_window = tuple(float(v) for v in self.hu_window)
         self.spread_limits_hu = tuple(float(v) for v in self.spread_limits_hu)
         self.hessian_scales_mm = tuple(float(v) for v in self.hessian_scales_mm)
         self.hessian_polarities = tuple(self.hessian_polarities)
+        self.fine_hessian_scales_mm = tuple(float(v) for v in self.fine_hessian_scales_mm)
+        if self.fine_hessian_mm is not None and not 0 < self.fine_hessian_mm < self.spacing_mm:
+            raise InputError(f"fine_hessian_mm {self.fine_hessian_mm} must be finer than the working spacing {self.spacing_mm} mm")
 
     @property
     def channel_names(self) -> list[str]:
@@ -70,6 +86,8 @@ class FeatureSettings:
                 names += [f"hessian_{p}" for p in self.hessian_polarities]
             else:
                 names += [f"hessian_{p}_{s:g}mm" for p in self.hessian_polarities for s in self.hessian_scales_mm]
+            if self.fine_hessian_mm is not None:
+                names += [f"hessian_{p}_fine" for p in self.hessian_polarities]
         return names
 
     @property
@@ -83,6 +101,7 @@ class FeatureSettings:
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSettings":
         known = {f.name for f in fields(cls)}
+        data = {"liver_reference": "median", **data}  # models saved before the choice existed used the median
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
@@ -171,16 +190,38 @@ def prepare_case(
     t2 = time.perf_counter()
     if settings.use_hessian:  # on the liver-relative image; for "window" on HU / 50 (O(1) responses)
         source = features[0] if settings.normalization != "window" else np.clip(hu, *settings.hu_window) / np.float32(50.0)
+        n_coarse = settings.n_channels - n_intensity - (len(settings.hessian_polarities) if settings.fine_hessian_mm else 0)
         hessian_channels(
             source, work_spacing, settings.hessian_scales_mm, settings.hessian_polarities,
-            settings.hessian_combine, out=features[n_intensity:],
+            settings.hessian_combine, out=features[n_intensity : n_intensity + n_coarse],
         )
+        if settings.fine_hessian_mm is not None:
+            fine_blob_channels(image.array[box_slices], crop_spacing, median, spread, settings, work_shape,
+                               out=features[n_intensity + n_coarse :])
     del hu
     t3 = time.perf_counter()
     timings = {"crop_resample_s": t1 - t0, "normalize_s": t2 - t1, "hessian_s": t3 - t2}
     return Prepared(
         features, liver_work, tumor_work, settings.channel_names, work_spacing, box, image.shape, median, spread, timings
     )
+
+
+def fine_blob_channels(crop_hu, crop_spacing, median: float, spread: float, settings: FeatureSettings, work_shape, out):
+    """Small-scale blob channels computed on a grid of settings.fine_hessian_mm and max-pooled onto
+    the working grid (each working voxel keeps the strongest fine response in its footprint).
+    Same liver-relative units as the main channels."""
+    fine_shape = tuple(int(max(1, round(n * s / settings.fine_hessian_mm))) for n, s in zip(crop_hu.shape, crop_spacing))
+    fine_spacing = tuple(float(n * s / m) for n, s, m in zip(crop_hu.shape, crop_spacing, fine_shape))
+    fine = to_working_grid(crop_hu, crop_spacing, fine_shape, antialias_to_mm=settings.fine_hessian_mm)
+    fine -= np.float32(median)
+    fine /= np.float32(spread)
+    np.clip(fine, -settings.clip, settings.clip, out=fine)
+    blobs = hessian_channels(fine, fine_spacing, settings.fine_hessian_scales_mm, settings.hessian_polarities, "max")
+    del fine
+    footprint = [max(1, int(np.ceil(n_fine / n_work))) for n_fine, n_work in zip(fine_shape, work_shape)]
+    for c in range(blobs.shape[0]):
+        out[c] = resample(ndimage.maximum_filter(blobs[c], size=footprint, mode="nearest"), work_shape)
+    return out
 
 
 def liver_box(liver: np.ndarray | None, shape, spacing_zyx, margin_mm: float) -> tuple:
@@ -251,7 +292,8 @@ def resample(array: np.ndarray, shape) -> np.ndarray:
 
 
 def liver_statistics(hu: np.ndarray, liver: np.ndarray | None, settings: FeatureSettings) -> tuple[float, float]:
-    """Median and robust spread (HU) of the liver, the reference of "darker than this liver"."""
+    """Level (median or histogram mode, settings.liver_reference) and robust spread (HU) of the
+    liver, the reference of "darker than this liver"."""
     lo_limit, hi_limit = settings.spread_limits_hu
     if liver is None or not liver.any():
         median = settings.fallback_liver_hu
@@ -260,11 +302,24 @@ def liver_statistics(hu: np.ndarray, liver: np.ndarray | None, settings: Feature
     values = hu[liver]
     if values.size > 200_000:  # a strided subsample gives the same median to < 1 HU, much faster
         values = values[:: values.size // 200_000]
-    median = float(np.median(values))
+    median = float(np.median(values)) if settings.liver_reference == "median" else histogram_mode(values)
     if settings.spread_hu is not None:
         return median, float(settings.spread_hu)
     mad = float(np.median(np.abs(values - median))) * _ROBUST_SIGMA
     return median, float(np.clip(mad, lo_limit, hi_limit))
+
+
+def histogram_mode(values: np.ndarray, bin_hu: float = 1.0, smooth_hu: float = 4.0) -> float:
+    """The most frequent value (HU) of a Gaussian-smoothed histogram: the healthy parenchyma's
+    level even when tumors, vessels or cysts make up a large share of the liver."""
+    values = np.asarray(values, dtype=np.float32)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi - lo < 2 * bin_hu:
+        return float(np.median(values))
+    counts, edges = np.histogram(values, bins=int(np.ceil((hi - lo) / bin_hu)), range=(lo, hi))
+    smoothed = ndimage.gaussian_filter1d(counts.astype(float), smooth_hu / bin_hu, mode="constant")
+    peak = int(np.argmax(smoothed))
+    return float(0.5 * (edges[peak] + edges[peak + 1]))
 
 
 def normalize(hu: np.ndarray, median: float, spread: float, settings: FeatureSettings, out: np.ndarray) -> int:

@@ -211,14 +211,17 @@ def synthetic_copy(
     n_paste: tuple[int, int] = (1, 2),
     n_synthesize: tuple[int, int] = (1, 2),
     hyper_fraction: float = 0.25,
+    radius_mm: tuple[float, float] = (3.0, 20.0),
+    delta_hu: tuple[float, float] = (65.0, 145.0),
+    edge_sigma_mm: tuple[float, float] = (1.0, 2.0),
 ) -> tuple[Volume, Volume]:
     """A training variant of a labelled case (GenSeg-lite): its own tumors copied to other liver
     sites, then Hu-recipe tumors added, some hyperdense. A handful of real tumors gets more
     sites, sizes and both polarities, while every voxel keeps a true label. Returns (CT, labels)."""
     if (labels.array == 2).any():
         image, labels, _ = paste_tumors(image, labels, image, labels.array, seed, n_paste)
-    image, labels, _ = synthesize_tumors(image, labels.array, seed + 1, n_tumors=n_synthesize, radius_mm=(3.0, 20.0),
-                                         hyper_fraction=hyper_fraction)
+    image, labels, _ = synthesize_tumors(image, labels.array, seed + 1, n_tumors=n_synthesize, radius_mm=radius_mm,
+                                         delta_hu=delta_hu, hyper_fraction=hyper_fraction, edge_sigma_mm=edge_sigma_mm)
     return image, labels
 
 
