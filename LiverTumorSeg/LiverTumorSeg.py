@@ -391,7 +391,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.inputVolume, p.liverSegmentation, p.liverSegmentId or None, p.liverRoi,
                 outputSegmentationNode=p.outputSegmentation, replaceEdited=replace,
                 showProbability=p.showProbability)
-            self.ui.segmentProgressBar.setRange(0, 0)  # busy indicator: the command line reports no steps
+            self.ui.segmentProgressBar.value = 0
+            self.ui.segmentProgressBar.setFormat(_("Starting..."))
             self.ui.segmentProgressBar.setVisible(True)
             self.ui.segmentStatusLabel.text = _("Segmenting in the background...")
             self._jobTimer.start()
@@ -413,20 +414,33 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _pollSegment(self) -> None:
         job = self._segmentJob
-        for info in job.poll():
-            self.ui.segmentStatusLabel.text = liblogic.describeProgress(info)[1]
+        job.poll()  # the newest progress report is job.latest
         if not job.finished:
-            if not job.cancelled:
-                self.ui.segmentStatusLabel.text = _("Segmenting in the background: {t} elapsed").format(
-                    t=liblogic.formatMinutes(job.elapsed))
+            if not job.cancelled:  # keep "Cancelling..." until it has stopped
+                self._showSegmentProgress(job)
             return
         self._segmentJob = None
         self.ui.segmentProgressBar.setVisible(False)
-        self.ui.segmentProgressBar.setRange(0, 100)
+        self.ui.segmentProgressBar.setFormat("%p%")
         try:
             self._segmentFinished(job)
         finally:
             self._checkCanApply()
+
+    def _showSegmentProgress(self, job) -> None:
+        """Stage and step in the bar (e.g. "Network step 12/40"), with the time since the start in the label."""
+        elapsed = liblogic.formatMinutes(job.elapsed)
+        if job.latest is None:  # reading the CT and loading the model come before the first report
+            self.ui.segmentStatusLabel.text = _("Segmenting in the background: {t} elapsed").format(t=elapsed)
+            return
+        info = dict(job.latest, elapsed_s=job.elapsed)
+        percent, text = liblogic.describeProgress(info, job.stageSpans)
+        barText = liblogic.stageText(info)
+        if info.get("stage") == "done":  # the command line is still writing its result files
+            barText, text = _("Writing the result..."), _("Writing the result: {t} elapsed").format(t=elapsed)
+        self.ui.segmentProgressBar.value = percent
+        self.ui.segmentProgressBar.setFormat(barText)  # as Slicer's CLI stage bar shows its message
+        self.ui.segmentStatusLabel.text = text
 
     def _segmentFinished(self, job) -> None:
         """Put the result into the scene; a cancelled or failed job is reported, nothing changes."""
@@ -776,17 +790,23 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
             self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
             self.assertEqual(widget.ui.caseListWidget.count, 1)
             widget.ui.segmentButton.click()
-            self.assertIsNotNone(widget._segmentJob)
+            job = widget._segmentJob
+            self.assertIsNotNone(job)
             # While it runs, what must not run meanwhile is disabled, and says why.
             self.assertFalse(widget.ui.segmentButton.enabled)
             self.assertIn("segmentation is running", widget.ui.segmentButton.toolTip)
             self.assertFalse(widget.ui.retrainButton.enabled)
             self.assertTrue(widget.ui.cancelSegmentButton.enabled)
+            self.assertEqual(widget.ui.segmentProgressBar.maximum, 100)  # a real progress, not a busy bar
+            barTexts = set()
             deadline = time.time() + 600
             while widget._segmentJob is not None and time.time() < deadline:
                 slicer.app.processEvents()  # the GUI stays live: the QTimer polls the job
+                barTexts.add(widget.ui.segmentProgressBar.format)
                 time.sleep(0.05)
             self.assertIsNone(widget._segmentJob)
+            self.assertEqual(job.result["stage"], "done", job.log)  # its progress reports arrived, up to the end
+            self.assertTrue(barTexts - {"%p%", _("Starting...")}, barTexts)  # and the bar showed a stage
             self.assertIsNotNone(parameters.outputSegmentation)
             self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
             self.assertTrue(widget.ui.addCaseButton.enabled, widget.ui.addCaseButton.toolTip)

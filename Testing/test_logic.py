@@ -2,7 +2,8 @@
 
 Segment -> segmentation + lesion table; re-threshold; never overwrite the user's segments;
 add/list/remove cases; list models, set active, roll back; the background training job driven
-through a real `python -m LiverTumorSegLib train` run to completion, one cancelled, one failing.
+through a real `python -m LiverTumorSegLib train` run to completion, one cancelled, one failing;
+the background Segment (`segment --progress-json`) the same way, with its progress reports.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ slicer = pytest.importorskip("slicer")
 from LiverTumorSegLib import io as lio  # noqa: E402
 from LiverTumorSegLib import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
-from LiverTumorSegLib.logic import LiverTumorSegLogic, describeProgress  # noqa: E402
+from LiverTumorSegLib.logic import SEGMENT_STAGE_SPAN, LiverTumorSegLogic, describeProgress, stageText  # noqa: E402
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
 
 JOB_TIMEOUT_S = 420
@@ -372,10 +373,13 @@ def test_background_segment_gives_the_same_result_as_segment(library_with_model,
     before = count_nodes(scene)
     job = logic.startSegment(ct, *liver, showProbability=True)
     assert job.command[job.command.index("segment") - 2:job.command.index("segment")] == ["-m", "LiverTumorSegLib"]
-    assert "--threshold" in job.command and "--liver" in job.command
+    assert "--threshold" in job.command and "--liver" in job.command and "--progress-json" in job.command
+    threads = int(job.command[job.command.index("--threads") + 1])
+    assert threads == max(1, (os.cpu_count() or 2) - 1)  # one core left to Slicer, as Retrain
     folder = job.folder
-    drive(job)
+    seen = drive(job)
     assert job.error is None and job.returncode == 0, job.log
+    check_segment_progress(job, seen)
     segmentation, table = logic.finishSegment(job)
     assert not folder.exists()  # the scratch folder is gone
     assert segmentation is not expected and segmentation.GetSegmentation().GetNumberOfSegments() == 1
@@ -402,6 +406,24 @@ def test_background_segment_gives_the_same_result_as_segment(library_with_model,
     # Re-thresholding works on the background result as on any other.
     logic.rethreshold(segmentation, 0.3)
     assert float(segmentation.GetAttribute("LiverTumorSeg.Threshold")) == pytest.approx(0.3)
+
+
+def check_segment_progress(job, seen):
+    """The reports a background Segment's poll() returned: its stages in order, ending with done."""
+    stages = [info["stage"] for info in seen]
+    assert stages[0] == "prepare" and stages[-1] == "done" and stages.count("done") == 1, stages
+    order = list(SEGMENT_STAGE_SPAN)  # prepare, network, postprocess, done
+    assert set(stages) == set(order) and stages == sorted(stages, key=order.index), stages
+    for info in seen:
+        assert isinstance(info["step"], int) and isinstance(info["total"], int) and 0 <= info["step"] <= info["total"], info
+        assert isinstance(info["elapsed_s"], float) and info["elapsed_s"] >= 0.0, info
+    network = [info for info in seen if info["stage"] == "network"]
+    assert network[-1]["step"] == network[-1]["total"] >= 1  # every tile reported
+    assert job.result == seen[-1] and job.latest == seen[-1]
+    assert not any(line.lstrip().startswith('{"stage"') for line in job.log)  # no report left in the log
+    percents = [describeProgress(info, job.stageSpans)[0] for info in seen]
+    assert percents == sorted(percents) and percents[-1] == 100, percents  # the bar never goes back
+    assert [stageText(info) for info in network][-1] == f"Network step {network[-1]['step']}/{network[-1]['total']}"
 
 
 def test_background_segment_into_a_chosen_output_keeps_user_segments(library_with_model, scene, ct, liver, phantom):
@@ -431,6 +453,21 @@ def test_background_segment_cancel_changes_nothing(library_with_model, scene, ct
         logic.finishSegment(job)
     assert not job.folder.exists()
     assert count_nodes(scene) == before and output.GetSegmentation().GetNumberOfSegments() == 0
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(job.pid, 0)
+
+
+def test_background_segment_cancel_while_it_reports_progress(library_with_model, scene, ct, liver):
+    """Cancel as the Widget's button does, once the bar shows the first stage: nothing is written."""
+    logic = library_with_model
+    before = count_nodes(scene)
+    job = logic.startSegment(ct, *liver)
+    seen = drive(job, timeout=120, stop_after_first=True)
+    assert seen[0]["stage"] == "prepare" and job.cancelled and job.error is None, (seen, job.log)
+    with pytest.raises(Cancelled):
+        logic.finishSegment(job)
+    assert not job.folder.exists() and count_nodes(scene) == before
     if os.name != "nt":
         with pytest.raises(ProcessLookupError):
             os.killpg(job.pid, 0)
@@ -546,3 +583,11 @@ def test_describe_progress():
     percent, text = describeProgress({"stage": "train", "step": 50, "total": 100, "elapsed_s": 75, "eta_s": 61, "loss": 0.5})
     assert percent == 50 and "step 50/100" in text and "1:15 elapsed" in text and "about 1:01 left" in text
     assert describeProgress({"stage": "done", "validation": {"dice": 0.71}}) == (100, "Done: validation Dice 0.710")
+    # Segment's stages share one bar: prepare, then the network's tiles, then postprocessing.
+    assert describeProgress({"stage": "prepare", "step": 0, "total": 1}, SEGMENT_STAGE_SPAN)[0] == 0
+    percent, text = describeProgress({"stage": "network", "step": 2, "total": 4, "elapsed_s": 3.2}, SEGMENT_STAGE_SPAN)
+    assert 0 < percent < describeProgress({"stage": "postprocess", "step": 0, "total": 1}, SEGMENT_STAGE_SPAN)[0] < 100
+    assert text == "Network step 2/4, 0:03 elapsed"
+    assert describeProgress({"stage": "done", "step": 1, "total": 1}, SEGMENT_STAGE_SPAN) == (100, "Done")
+    assert stageText({"stage": "postprocess", "step": 0, "total": 1}) == "Postprocess step 0/1"
+    assert stageText({"stage": "prepare"}) == "Prepare" and stageText({}) == "Working"

@@ -50,8 +50,10 @@ PROBABILITY_MAP_ATTRIBUTE = "LiverTumorSeg.ProbabilityMap"
 PROBABILITY_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"
 PROBABILITY_SHOWN_FROM = 0.05
 
-# Share of the progress bar per training stage (percent), so one bar covers the whole run.
-_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
+# Share of the progress bar per stage (percent), so one bar covers the whole run: `train`, and
+# `segment` (reading the CT comes before its first report, writing the result after "done").
+TRAINING_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
+SEGMENT_STAGE_SPAN = {"prepare": (0, 15), "network": (15, 80), "postprocess": (80, 100), "done": (100, 100)}
 
 
 def defaultLibraryPath() -> Path:
@@ -137,19 +139,18 @@ def parentCheckWarning(modelFolder) -> str:
     return f"worse than {parent} on {parent}'s validation cases{numbers}"
 
 
-def describeProgress(info: dict) -> tuple[int, str]:
-    """(percent 0..100 over the whole run, one-line text) for a progress dict of `livertumorseg train`."""
+def describeProgress(info: dict, spans: dict | None = None) -> tuple[int, str]:
+    """(percent 0..100 over the whole run, one-line text) for a `--progress-json` dict of
+    `livertumorseg train` (the default `spans`) or `segment` (SEGMENT_STAGE_SPAN; a job's `stageSpans`)."""
     stage = str(info.get("stage", ""))
-    low, high = _STAGE_SPAN.get(stage, (0, 100))
+    low, high = (TRAINING_STAGE_SPAN if spans is None else spans).get(stage, (0, 100))
     step, total = info.get("step"), info.get("total")
     fraction = min(max(float(step) / float(total), 0.0), 1.0) if step is not None and total else 0.0
     percent = int(round(low + (high - low) * fraction))
     if stage == "done":
         dice = (info.get("validation") or {}).get("dice")
         return 100, "Done" + (f": validation Dice {dice:.3f}" if dice is not None else "")
-    parts = [stage.capitalize() or "Working"]
-    if step is not None and total:
-        parts[0] += f" step {int(step)}/{int(total)}"
+    parts = [stageText(info)]
     if info.get("elapsed_s") is not None:
         parts.append(f"{formatMinutes(info['elapsed_s'])} elapsed")
     if info.get("eta_s") is not None:
@@ -157,6 +158,13 @@ def describeProgress(info: dict) -> tuple[int, str]:
     if info.get("loss") is not None:
         parts.append(f"loss {float(info['loss']):.3f}")
     return percent, ", ".join(parts)
+
+
+def stageText(info: dict) -> str:
+    """'Network step 12/40': the stage of a progress dict and its step (the text of a progress bar)."""
+    stage = str(info.get("stage", "")).capitalize() or "Working"
+    step, total = info.get("step"), info.get("total")
+    return stage + (f" step {int(step)}/{int(total)}" if step is not None and total else "")
 
 
 def formatMinutes(seconds: float) -> str:
@@ -176,13 +184,14 @@ class BackgroundJob:
     """
 
     what = "the background job"
+    stageSpans = TRAINING_STAGE_SPAN  # for describeProgress
 
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None, outPath=None):
         self.command = [str(c) for c in command]
         self.outPath = Path(outPath) if outPath else None
         self.log: list[str] = []  # output lines that are not progress JSON (warnings, errors)
         self.latest: dict | None = None
-        self.result: dict | None = None  # the final {"stage": "done", "model": ..., "validation": ...}
+        self.result: dict | None = None  # the final {"stage": "done", ...} (train: with "model" and "validation")
         self.error: str | None = None
         self.cancelled = False
         self.finished = False
@@ -295,11 +304,12 @@ class TrainingJob(BackgroundJob):
 
 
 class SegmentJob(BackgroundJob):
-    """`livertumorseg segment` on files exported from the scene; `finishSegment` puts the result
-    into the scene. `folder` is the job's scratch folder (inputs and outputs), removed by
-    `cleanup()`; `request` holds the nodes and settings of the Segment call."""
+    """`livertumorseg segment --progress-json` on files exported from the scene; `finishSegment`
+    puts the result into the scene. `folder` is the job's scratch folder (inputs and outputs),
+    removed by `cleanup()`; `request` holds the nodes and settings of the Segment call."""
 
     what = "segmentation"
+    stageSpans = SEGMENT_STAGE_SPAN
 
     def __init__(self, command, env=None, cwd=None, folder=None, request=None):
         self.folder = Path(folder) if folder else None
@@ -518,8 +528,10 @@ class LiverTumorSegLogic:
         """`segment` in a background process (`livertumorseg segment`), so the GUI never waits.
 
         The CT and the liver region are written to a scratch folder here (uncompressed: fast),
-        the command line segments them, and `finishSegment(job)` puts its result into the scene
-        the way `segment` does. `model` is None (active), a version name or a model folder.
+        the command line segments them (one core left to Slicer), and `finishSegment(job)` puts
+        its result into the scene the way `segment` does. `model` is None (active), a version
+        name or a model folder. `job.poll()` returns its progress dicts (stages prepare, network,
+        postprocess, done; `describeProgress(info, job.stageSpans)` for a progress bar).
         """
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
@@ -542,19 +554,18 @@ class LiverTumorSegLogic:
                 pythonExecutable(), "-m", "LiverTumorSegLib", "segment", str(folder / "image.nrrd"),
                 "--out", str(folder / "tumor.nrrd"), "--prob", str(folder / "prob.nrrd"),
                 "--model", str(modelFolder.resolve()), "--threshold", f"{threshold:.17g}",
+                "--progress-json", "--threads", str(_backgroundThreads()),
             ]
             if liver is not None:
                 sitk.WriteImage(image.with_array(liver.astype(np.uint8)).to_sitk(), str(folder / "liver.nrrd"), False)
                 command += ["--liver", str(folder / "liver.nrrd")]
-            env = _childEnvironment()
-            env["OMP_NUM_THREADS"] = str(_backgroundThreads())  # torch's CPU threads: one core left to Slicer
             request = {
                 "ct": ctNode, "output": outputSegmentationNode, "replaceEdited": bool(replaceEdited),
                 "showProbability": bool(showProbability), "threshold": threshold, "minLesion": minLesion,
                 "model": str(modelFolder), "region": liver is not None,
             }
             packageParent = str(Path(__file__).resolve().parent.parent)
-            return SegmentJob(command, env=env, cwd=packageParent, folder=folder, request=request)
+            return SegmentJob(command, env=_childEnvironment(), cwd=packageParent, folder=folder, request=request)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
