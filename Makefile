@@ -45,6 +45,7 @@ model: venv
 bench: venv
 	$(PY) benchmarks/small_data.py
 	$(PY) benchmarks/method_changes.py
+	$(PY) benchmarks/method_changes.py --chain round2 --seeds 0 1
 	$(PY) benchmarks/speed.py
 
 bench-quick: venv

@@ -166,8 +166,12 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     result = run_cli("demo", "--quick", "--out", out)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "metrics.json").read_text())
-    assert report["mhpnet"]["n_cases"] == 3 and report["training"]["tumors"] >= 3
-    assert 0.0 <= report["mhpnet"]["dice_mean"] <= 1.0
+    # The story: the default model, then Retrain, on the same held-out cases, next to the floor.
+    for stage in ("default_model", "retrained", "threshold_floor"):
+        assert report[stage]["n_cases"] == 4 and 0.0 <= report[stage]["dice_mean"] <= 1.0
+        assert set(report[stage]["recall_by_size"]) == {"<5mm", "5-10mm", "10-20mm", ">20mm"}
+    assert report["training"]["tumors"] >= 3 and report["training"]["parent_check"]["parent"] == "default"
+    assert "| after Retrain |" in result.stdout and "| default model |" in result.stdout and "| found " in result.stdout
     seg = next(out.glob("*_tumor.seg.nrrd"))
     ct = lio.read_image(next(out.glob("*_ct.nrrd")))
     assert lio.read_segmentation(seg)[0].same_grid(ct)

@@ -113,3 +113,67 @@ def test_feature_settings_round_trip_through_a_dict():
     assert isinstance(d["hessian_scales_mm"], list)
     assert FeatureSettings.from_dict(d) == s
     assert FeatureSettings.from_dict({**d, "unknown_future_field": 1}) == s
+
+
+def small_blob_case(spacing=(0.7, 0.7, 1.0), radius_mm=3.0, contrast=-45.0, seed=3):
+    """A textured liver slab holding one 6 mm dark ball: what the 2 mm grid smears away."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 96, 96)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing[::-1])], indexing="ij")
+    liver = np.ones(shape, bool)
+    ball = (z - 24) ** 2 + (y - 33.6) ** 2 + (x - 33.6) ** 2 <= radius_mm**2
+    hu = np.full(shape, 110.0, np.float32) + rng.normal(0, 10, shape).astype(np.float32)
+    hu[ball] += contrast
+    labels = liver.astype(np.uint8)
+    labels[ball] = 2
+    return Volume(np.rint(hu).astype(np.int16), spacing, (0.0, 0.0, 0.0)), liver, labels
+
+
+def test_fine_blob_channels_keep_a_small_ball_that_the_working_grid_smears():
+    """The fine channels are computed on a 1 mm grid and max-pooled onto the 2 mm grid: over a
+    6 mm, 45 HU dark ball they answer far above the parenchyma, and more strongly than the 2 mm
+    grid's own dark channel does."""
+    image, liver, labels = small_blob_case()
+    settings = FeatureSettings(spacing_mm=2.0, fine_hessian_mm=1.0, margin_mm=0.0)
+    p = prepare_case(image, liver, settings, labels=labels)
+    names = p.channel_names
+    assert names == ["ct_liver", "hessian_dark", "hessian_bright", "hessian_dark_fine", "hessian_bright_fine"]
+    fine, coarse = p.features[names.index("hessian_dark_fine")], p.features[names.index("hessian_dark")]
+    ball, far = p.tumor, ~ndimage_dilate(p.tumor, 4)
+    assert fine[ball].max() > 4 * np.percentile(fine[far], 99)
+    assert fine[ball].max() > 1.5 * coarse[ball].max()
+    # The bright fine channel stays quiet over a dark ball.
+    assert p.features[names.index("hessian_bright_fine")][ball].max() < 0.2 * fine[ball].max()
+    with pytest.raises(InputError, match="finer than the working spacing"):
+        FeatureSettings(spacing_mm=2.0, fine_hessian_mm=2.5)
+
+
+def ndimage_dilate(mask, iterations):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=iterations)
+
+
+def test_liver_mode_reference_survives_heavy_tumor_burden():
+    """A liver a third of which is tumor 60 HU darker: the median moves towards the tumors, the
+    histogram mode stays at the parenchyma's 110 HU."""
+    from LiverTumorSegLib.preprocess import histogram_mode, liver_statistics
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(110, 12, 20_000), rng.normal(50, 12, 10_000)]).astype(np.float32)
+    hu = values.reshape(30, 1000)
+    liver = np.ones_like(hu, bool)
+    median, _ = liver_statistics(hu, liver, FeatureSettings(liver_reference="median"))
+    mode, spread = liver_statistics(hu, liver, FeatureSettings(liver_reference="mode"))
+    assert median < 104 and abs(mode - 110) < 2 and abs(histogram_mode(values) - mode) < 1e-6
+    assert 10 <= spread <= 60
+
+
+def test_models_saved_before_the_new_choices_keep_their_old_behaviour():
+    """An old model's feature dict has no liver_reference or fine_hessian_mm: it gets the median
+    and no fine channels, whatever the defaults are now."""
+    old = FeatureSettings().to_dict()
+    del old["liver_reference"], old["fine_hessian_mm"], old["fine_hessian_scales_mm"]
+    s = FeatureSettings.from_dict(old)
+    assert s.liver_reference == "median" and s.fine_hessian_mm is None
+    assert s.channel_names == ["ct_liver", "hessian_dark", "hessian_bright"]

@@ -101,7 +101,8 @@ class FeatureSettings:
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSettings":
         known = {f.name for f in fields(cls)}
-        data = {"liver_reference": "median", **data}  # models saved before the choice existed used the median
+        # Models saved before these choices existed used the median and no fine blob channels.
+        data = {"liver_reference": "median", "fine_hessian_mm": None, **data}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
