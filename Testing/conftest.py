@@ -36,3 +36,13 @@ def tiny_model_dir(tmp_path_factory, phantom_case_dirs) -> Path:
     cases = [(folder.name, *read_case_folder(folder)) for folder in phantom_case_dirs]
     model = train_model(cases, TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2))
     return save_model(model, tmp_path_factory.mktemp("models") / "v001")
+
+
+def count_nodes(scene) -> dict:
+    """Nodes per class; the subject hierarchy singleton (made on first use) is not counted."""
+    counts = {}
+    for i in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(i).GetClassName()
+        if name != "vtkMRMLSubjectHierarchyNode":
+            counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -22,6 +22,7 @@ from LiverTumorSegLib import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
 from LiverTumorSegLib.logic import SEGMENT_STAGE_SPAN, LiverTumorSegLogic, describeProgress, stageText  # noqa: E402
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
+from conftest import count_nodes  # noqa: E402
 
 JOB_TIMEOUT_S = 420
 
@@ -186,16 +187,6 @@ def test_missing_inputs_are_input_errors(logic, ct, liver, tiny_model, scene):
         logic.segment(ct, empty, empty_id, model=tiny_model)
 
 
-def count_nodes(scene) -> dict:
-    """Nodes per class; the subject hierarchy singleton (made on first use) is not counted."""
-    counts = {}
-    for i in range(scene.GetNumberOfNodes()):
-        name = scene.GetNthNode(i).GetClassName()
-        if name != "vtkMRMLSubjectHierarchyNode":
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
 def test_segment_rethreshold_and_add_case_leave_no_stray_nodes(logic, scene, ct, liver, phantom, tiny_model):
     """Only the result's own nodes are added: no export colour tables, no temporary labelmaps."""
     before = count_nodes(scene)
@@ -341,7 +332,7 @@ def write_model_json(folder, **extra):
 def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
     from LiverTumorSegLib.modelstore import save_model
 
-    for _ in range(5):
+    for _ in range(6):
         save_model(tiny_model, logic.library.new_version_path())
     models = logic.libraryPath / "models"
     write_model_json(models / "v002", parent="v001", parent_check={
@@ -350,8 +341,13 @@ def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
         "parent": "v002", "parent_validation_dice": 0.55, "child_on_parent_validation_dice": 0.60, "worse_than_parent": False})
     write_model_json(models / "v004", parent_check={"worse_than_parent": "yes"})  # malformed: no warning
     write_model_json(models / "v005", parent_check={"worse_than_parent": True, "parent_validation_dice": None})
+    # What training.parent_check writes: where the child lost, and the user's validation scores.
+    write_model_json(models / "v006", parent="v005", parent_check={
+        "parent": "v005", "parent_validation_dice": 0.60, "child_on_parent_validation_dice": 0.59, "worse_on": ["your validation"],
+        "user_validation": {"parent": {"dice": 0.71}, "child": {"dice": 0.64}}, "worse_than_parent": True})
     # v001 has no parent_check at all.
     by_version = {info.version: info for info in logic.listModels()}
+    assert logic.modelWarning(by_version["v006"]) == "worse than v005 on your validation: Dice 0.640 against 0.710"
     warning = logic.modelWarning(by_version["v002"])
     assert warning == "worse than v001 on v001's validation cases: Dice 0.550 against 0.620"
     assert logic.modelLabel(by_version["v002"]).endswith("\u26a0 worse than parent")
@@ -583,6 +579,11 @@ def test_describe_progress():
     percent, text = describeProgress({"stage": "train", "step": 50, "total": 100, "elapsed_s": 75, "eta_s": 61, "loss": 0.5})
     assert percent == 50 and "step 50/100" in text and "1:15 elapsed" in text and "about 1:01 left" in text
     assert describeProgress({"stage": "done", "validation": {"dice": 0.71}}) == (100, "Done: validation Dice 0.710")
+    # A fine-tuning run's stages, in the order train_model reports them, never move the bar back.
+    stages = ["prepare", "synthesize", "rehearsal", "train", "validate", "parent check"]
+    ends = [describeProgress({"stage": s, "step": 1, "total": 1})[0] for s in stages]
+    starts = [describeProgress({"stage": s, "step": 0, "total": 1})[0] for s in stages]
+    assert all(a <= b for a, b in zip(ends, starts[1:])) and ends[-1] == 100
     # Segment's stages share one bar: prepare, then the network's tiles, then postprocessing.
     assert describeProgress({"stage": "prepare", "step": 0, "total": 1}, SEGMENT_STAGE_SPAN)[0] == 0
     percent, text = describeProgress({"stage": "network", "step": 2, "total": 4, "elapsed_s": 3.2}, SEGMENT_STAGE_SPAN)

@@ -12,6 +12,7 @@ from LiverTumorSegLib import io as lio  # noqa: E402
 from LiverTumorSegLib import mrml  # noqa: E402
 from LiverTumorSegLib.errors import InputError  # noqa: E402
 from LiverTumorSegLib.volume import Volume  # noqa: E402
+from conftest import count_nodes  # noqa: E402
 
 
 def rotation(ax_deg: float, az_deg: float) -> np.ndarray:
@@ -130,16 +131,6 @@ def vtk_reference():
     import vtk
 
     return vtk.reference("")
-
-
-def count_nodes(scene) -> dict:
-    """Nodes per class; the subject hierarchy singleton (made on first use) is not counted."""
-    counts = {}
-    for i in range(scene.GetNumberOfNodes()):
-        name = scene.GetNthNode(i).GetClassName()
-        if name != "vtkMRMLSubjectHierarchyNode":
-            counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def test_export_leaves_no_node_behind(scene, oblique_ct):

@@ -14,6 +14,7 @@ by the preset, the steps and a hash of the engine's source. Writes <out>/method_
 
     python benchmarks/method_changes.py                       # round 1, every variant, seed 0 (2-5 min each on 2 cores)
     python benchmarks/method_changes.py --chain round2 --seeds 0 1   # round 2 -> method_changes_round2.json
+    python benchmarks/method_changes.py --chain retrain --steps 600  # default model, then Retrain on K = 7
     python benchmarks/method_changes.py --tiny --out /tmp/x   # seconds, for the test suite
 """
 
@@ -62,7 +63,16 @@ CHAINS = {
         ("lesion_threshold", "threshold chosen by mean of Dice and lesion F1 (smoothed), not voxel Dice",
          {}, {}, {"threshold_objective": "lesion"}),
     ],
+    # What a radiologist gets: the shipped default model as it is, then Retrain (fine-tuning it
+    # with the engine's defaults: rehearsal phantoms replayed, parent and child scored).
+    "retrain": [
+        ("default_model", "the shipped default model, no training", {}, {}, {}),
+        ("retrain_default", "Retrain: the default model fine-tuned on the K-tumor set with the engine's defaults",
+         {}, {}, {}),
+    ],
 }
+NO_TRAINING = "default_model"
+FINE_TUNE = "retrain_default"
 PRESETS = {
     "full": dict(phantom="medium", k=7, seeds=[0], steps=500, test_cases=10, test_min_tumors=30, patch_size=None,
                  ref_variants=2, small_phantoms=8, small_ref_variants=3),
@@ -160,14 +170,26 @@ def run_variant(chain: list, name: str, seed: int, train_cases: list, tests: dic
     from LiverTumorSegLib.inference import segment
     from LiverTumorSegLib.training import train_model
 
-    settings = variant_settings(chain, name, seed, config)
+    from LiverTumorSegLib.modelstore import default_model_path, load_model
+
     t = time.perf_counter()
-    model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings)
+    if name == NO_TRAINING:
+        model = load_model(default_model_path())
+        settings = None
+    elif name == FINE_TUNE:  # the engine's own defaults, as Slicer's Retrain runs them, with the fixed steps
+        from LiverTumorSegLib.training import TrainSettings
+
+        settings = TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"])
+        model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings, init=load_model(default_model_path()))
+    else:
+        settings = variant_settings(chain, name, seed, config)
+        model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings)
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = {"variant": name, "seed": seed, "steps": model.meta["steps"], "threshold": model.threshold,
+    result = {"variant": name, "seed": seed, "steps": 0 if settings is None else model.meta["steps"], "threshold": model.threshold,
               "validation": {k: model.meta["validation"].get(k) for k in ("dice", "lesion_f1", "threshold_objective", "mode")},
-              "train_s": round(train_s, 1), "settings": settings.to_dict(),
+              "parent_check": model.meta.get("parent_check") if settings is not None else None,
+              "train_s": round(train_s, 1), "settings": None if settings is None else settings.to_dict(),
               **evaluate_predictor(lambda image, liver: segment(image, liver, model).tumor.array > 0, tests)}
     result["evaluate_s"] = round(time.perf_counter() - t, 1)
     return result
@@ -220,6 +242,12 @@ def main(argv=None) -> dict:
     out_dir = args.out or bc.results_dir(preset)
     cache_config = {k: v for k, v in config.items() if k != "seeds"}
     cache_config["chain"] = args.chain
+    if args.chain == "retrain":  # its results depend on the shipped weights too
+        import hashlib
+
+        from LiverTumorSegLib.modelstore import default_model_path
+
+        cache_config["default_model"] = hashlib.sha1((default_model_path() / "model.pt").read_bytes()).hexdigest()[:10]
     work = (args.work or bc.WORK_DIR / "method_changes") / f"{preset}-{bc.config_key(cache_config)}-engine{sd.engine_hash()}"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

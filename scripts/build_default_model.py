@@ -12,6 +12,7 @@ step count: the same machine and thread count give the same model, however busy 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ from LiverTumorSegLib.inference import segment  # noqa: E402
 from LiverTumorSegLib.metrics import evaluate_case, summarize  # noqa: E402
 from LiverTumorSegLib.modelstore import default_model_path, save_model  # noqa: E402
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
+from LiverTumorSegLib.preprocess import FeatureSettings  # noqa: E402
 from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
 from LiverTumorSegLib.training import TrainSettings, train_model  # noqa: E402
 
@@ -57,19 +59,46 @@ def evaluate(model, cases, floor):
     return {"mhpnet": {k: summarize(rows)[k] for k in keep}, "threshold_floor": {k: summarize(floor_rows)[k] for k in keep}}
 
 
+def held_out_evaluation(model, train, full) -> dict:
+    """The model next to the threshold floor (fitted on the training cases) on three held-out
+    sets never trained on: new phantoms, new synthetic tumors in the real CTs, and the
+    benchmarks' small-tumor test set; by lesion size."""
+    import small_data  # the benchmarks' fixed small-tumor test set
+
+    floor = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
+    small_tumors = small_data.small_tumor_test_set(small_data.PRESETS["full"], REPO / "Testing" / "Data")
+    return {
+        "phantoms (5, seeds 900-904)": evaluate(model, list(phantom_cases(range(900, 905), full)), floor),
+        "synthetic tumors in real CT (2 CTs x seeds 91, 92)": evaluate(model, list(synthetic_real_cases((91, 92))), floor),
+        "small-tumor test set (benchmarks/small_data.py small_tumor_test_set)": evaluate(model, small_tumors, floor),
+        "threshold_floor_hu": floor.threshold_hu,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
     parser.add_argument("--minutes", type=float, default=30.0, help="time cap only (default 30)")
     parser.add_argument("--phantoms", type=int, default=10, help="training phantoms (default 10)")
     parser.add_argument("--out", type=Path, default=default_model_path(), help="model folder to (re)write")
+    parser.add_argument("--no-small", action="store_true", help="without the small-tumor phantoms and synthetic sets")
+    parser.add_argument("--no-fine-hessian", action="store_true", help="without the fine blob channels")
+    parser.add_argument("--evaluate-only", type=Path, metavar="MODEL",
+                        help="train nothing: evaluate this model folder on the held-out sets (by size) and print JSON")
     args = parser.parse_args()
 
     full = PhantomSettings.full(max_slices=96)
     small = PhantomSettings.full(max_slices=96, n_tumors=(3, 6), tumor_diameter_mm=(5.0, 20.0))
-    train = (list(phantom_cases(range(100, 100 + args.phantoms), full)) + list(phantom_cases(range(200, 204), small))
-             + list(synthetic_real_cases((1, 2, 3))) + list(synthetic_real_cases((4, 5), (2.5, 8.0), (3, 6), "small")))
-    settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps)
+    train = list(phantom_cases(range(100, 100 + args.phantoms), full)) + list(synthetic_real_cases((1, 2, 3)))
+    if not args.no_small:
+        train += list(phantom_cases(range(200, 204), small)) + list(synthetic_real_cases((4, 5), (2.5, 8.0), (3, 6), "small"))
+    if args.evaluate_only:
+        from LiverTumorSegLib.modelstore import load_model
+
+        print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
+        return 0
+    features = FeatureSettings(fine_hessian_mm=None) if args.no_fine_hessian else FeatureSettings()
+    settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps, features=features)
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()
     try:
@@ -78,26 +107,15 @@ def main() -> int:
         close()
     print(f"trained in {time.perf_counter() - t0:.0f} s, validation {model.meta['validation']}")
 
-    floor = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
-    held_out_phantoms = list(phantom_cases(range(900, 905), full))
-    held_out_real = list(synthetic_real_cases((91, 92)))
     model.meta["training_data"] = {
-        "phantoms": f"{args.phantoms} full-size phantoms (phantom.py, seeds 100-{99 + args.phantoms}, max 96 slices) and 4 "
-        "with 3-6 tumors of 5-20 mm (seeds 200-203)",
+        "phantoms": f"{args.phantoms} full-size phantoms (phantom.py, seeds 100-{99 + args.phantoms}, max 96 slices)"
+        + ("" if args.no_small else " and 4 with 3-6 tumors of 5-20 mm (seeds 200-203)"),
         "synthetic_tumors_in_real_ct": "totalsegmentator 2.18.0 sdist tests/reference_files CTs (example_ct_sm, "
-        "example_ct_dicom) with tumors synthesised by synthesis.synthesize_tumors: 1-3 of radius 4-20 mm (seeds 1-3) "
-        "and 3-6 of radius 2.5-8 mm (seeds 4, 5)",
+        "example_ct_dicom) with tumors synthesised by synthesis.synthesize_tumors: 1-3 of radius 4-20 mm (seeds 1-3)"
+        + ("" if args.no_small else " and 3-6 of radius 2.5-8 mm (seeds 4, 5)"),
         "real_tumors": 0,
     }
-    import small_data  # the benchmarks' fixed small-tumor test set, never trained on
-
-    small_tumors = small_data.small_tumor_test_set(small_data.PRESETS["full"], REPO / "Testing" / "Data")
-    model.meta["held_out_evaluation"] = {
-        "phantoms (5, seeds 900-904)": evaluate(model, held_out_phantoms, floor),
-        "synthetic tumors in real CT (2 CTs x seeds 91, 92)": evaluate(model, held_out_real, floor),
-        "small-tumor test set (benchmarks/small_data.py small_tumor_test_set)": evaluate(model, small_tumors, floor),
-        "threshold_floor_hu": floor.threshold_hu,
-    }
+    model.meta["held_out_evaluation"] = held_out_evaluation(model, train, full)
     model.meta["note"] = "Trained on synthetic data only: a starting point. Add your own corrected cases and retrain."
 
     staging = args.out.parent / f".{args.out.name}-new"

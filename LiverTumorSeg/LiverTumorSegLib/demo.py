@@ -88,6 +88,12 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(story_table(report))
+    check = model.meta.get("parent_check") or {}
+    if check.get("worse_than_parent"):
+        print(f"The new model {version.name} scored more than {check['tolerance']} Dice below the default model on "
+              f"{' and '.join(check['worse_on'])}: Slicer marks it 'worse than parent'; keep the default model.")
+    elif check:
+        print(f"The new model {version.name} is not worse than the default model on the check set or your validation case.")
     print(f"Open {out / (name + '_ct.nrrd')} and {out / (name + '_tumor.seg.nrrd')} in 3D Slicer; overlay: {png}")
     return report
 

@@ -52,7 +52,8 @@ PROBABILITY_SHOWN_FROM = 0.05
 
 # Share of the progress bar per stage (percent), so one bar covers the whole run: `train`, and
 # `segment` (reading the CT comes before its first report, writing the result after "done").
-TRAINING_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "train": (5, 95), "validate": (95, 100), "done": (100, 100)}
+TRAINING_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "rehearsal": (5, 6), "train": (6, 94), "validate": (94, 97),
+                       "parent check": (97, 100), "done": (100, 100)}
 SEGMENT_STAGE_SPAN = {"prepare": (0, 15), "network": (15, 80), "postprocess": (80, 100), "done": (100, 100)}
 
 
@@ -124,19 +125,27 @@ def _number(value) -> float | None:
 
 
 def parentCheckWarning(modelFolder) -> str:
-    """One line when a model version scored worse than its parent on the parent's validation cases.
+    """One line when a model version scored worse than its parent.
 
     Read from `parent_check` in the version's model.json ({"parent", "parent_validation_dice",
-    "child_on_parent_validation_dice", "worse_than_parent"}); "" when the key is absent,
-    malformed, or the version is not worse.
+    "child_on_parent_validation_dice", "worse_than_parent"}, and from training.parent_check
+    "worse_on" and "user_validation"); "" when the key is absent, malformed, or the version is not
+    worse.
     """
     check = _readJson(Path(modelFolder) / "model.json").get("parent_check")
     if not isinstance(check, dict) or check.get("worse_than_parent") is not True:
         return ""
     parent = str(check.get("parent") or "its parent")
+    worse_on = check.get("worse_on")
+    if not (isinstance(worse_on, list) and worse_on and all(isinstance(w, str) for w in worse_on)):
+        worse_on = [f"{parent}'s validation cases"]
     child, before = _number(check.get("child_on_parent_validation_dice")), _number(check.get("parent_validation_dice"))
+    if worse_on == ["your validation"]:  # the numbers that made it worse
+        user = check.get("user_validation") if isinstance(check.get("user_validation"), dict) else {}
+        child, before = (_number((user.get(w) or {}).get("dice")) if isinstance(user.get(w), dict) else None
+                         for w in ("child", "parent"))
     numbers = f": Dice {child:.3f} against {before:.3f}" if child is not None and before is not None else ""
-    return f"worse than {parent} on {parent}'s validation cases{numbers}"
+    return f"worse than {parent} on {' and '.join(worse_on)}{numbers}"
 
 
 def describeProgress(info: dict, spans: dict | None = None) -> tuple[int, str]:

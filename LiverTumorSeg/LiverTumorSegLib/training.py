@@ -56,7 +56,8 @@ class TrainSettings:
     threshold_objective: "dice" = the validation threshold with the best pooled voxel Dice;
     "lesion" = the best mean of voxel Dice and lesion F1, smoothed over neighbouring thresholds
     (steadier with 1-3 held-out pieces, and it does not trade small lesions for voxels).
-    Budget: max_steps is the plan; minutes only caps it (meta says which ended the run).
+    Budget: max_steps is the plan (600: about 3.5 min on one core, so Retrain's 5 minutes cap it
+    only on a slow or busy machine); minutes only caps it (meta says which ended the run).
     Fine-tuning (an initial model given): rehearsal_cases phantoms of the default model's recipe
     are replayed with the user's cases (rehearsal.py), and parent and child are both scored on
     check_cases held-out phantoms and on the user's validation pieces (meta "parent_check");
@@ -64,7 +65,7 @@ class TrainSettings:
 
     seed: int = 0
     minutes: float = 5.0
-    max_steps: int = 1000
+    max_steps: int = 600
     patch_size: int = 32
     batch_size: int = 4
     lr: float = 2e-3
@@ -234,10 +235,10 @@ def parent_check(child: TrainedModel, parent: TrainedModel, prepared, split: _Sp
     from .metrics import evaluate_case, summarize
     from .rehearsal import check_cases
 
-    clock.report("parent check", 0, 1)
     rows = {"parent": [], "child": []}
     cases = check_cases(settings.check_cases)
-    for _, image, labels in cases:
+    for k, (_, image, labels) in enumerate(cases):
+        clock.report("parent check", k, len(cases))
         clock.check()
         liver, truth = labels.array > 0, labels.array == 2
         for who, model in (("parent", parent), ("child", child)):
@@ -247,11 +248,11 @@ def parent_check(child: TrainedModel, parent: TrainedModel, prepared, split: _Sp
     user = {}
     if split.mode != "in-sample" and split.validation:
         for who, model in (("parent", parent), ("child", child)):
-            pieces = _validation_pieces(model.network, prepared, split, clock)
+            pieces = _validation_pieces(model.network, prepared, split, clock, stage="parent check")
             user[who] = _lesion_scores(pieces, model.threshold, settings.min_lesion_mm3)
     worse_on = [name for name, scores, key in (("check set", check, "dice_mean"), ("your validation", user, "dice"))
                 if scores and scores["child"][key] < scores["parent"][key] - PARENT_TOLERANCE]
-    clock.report("parent check", 1, 1)
+    clock.report("parent check", len(cases), len(cases))
     return {
         "parent": parent.meta.get("version") or parent.meta.get("name"),
         "check_cases": [c[0] for c in cases],
@@ -501,12 +502,12 @@ def _validate(network, prepared, split: _Split, settings: TrainSettings, clock: 
     return out
 
 
-def _validation_pieces(network, prepared, split: _Split, clock: _Clock) -> list:
+def _validation_pieces(network, prepared, split: _Split, clock: _Clock, stage: str = "validate") -> list:
     """[(probability, liver, truth, spacing)] on the working grid for each validation piece
     (a held-out slab gets 16 voxels of context on each side, then is cut back)."""
     from .inference import predict_probability
 
-    clock.report("validate", 0, len(split.validation))
+    clock.report(stage, 0, len(split.validation))
     pieces = []
     for k, (i, slab) in enumerate(split.validation):
         clock.check()
@@ -515,7 +516,7 @@ def _validation_pieces(network, prepared, split: _Split, clock: _Clock) -> list:
         lo, hi = max(0, z0 - 16), min(p.shape[0], z1 + 16)
         prob = predict_probability(network, p.features[:, lo:hi])[z0 - lo : z1 - lo]
         pieces.append((prob, p.liver[z0:z1], p.tumor[z0:z1], p.work_spacing_zyx))
-        clock.report("validate", k + 1, len(split.validation))
+        clock.report(stage, k + 1, len(split.validation))
     return pieces
 
 
