@@ -179,7 +179,11 @@ def write_overlay_png(path: Path, image, truth: np.ndarray, pred: np.ndarray, be
         verdict = "found" if (pred & blob).any() else "MISSED"
         if before is not None:
             verdict += f" (default model: {'found' if (before & blob).any() else 'missed'})"
-        panels.append((z_small, f"slice {z_small}: smallest tumor, {d:.0f} mm: {verdict}"))
+        title = f"smallest tumor, {d:.0f} mm: {verdict}"
+        if z_small == z_most:  # one slice shows both
+            panels = [(z_most, f"slice {z_most}: most tumor; {title}")]
+        else:
+            panels.append((z_small, f"slice {z_small}: {title}"))
     sy, sx = image.spacing_zyx[1], image.spacing_zyx[2]
     height = 5.2 * image.shape[1] * sy / (image.shape[2] * sx)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height + 0.6), dpi=100, squeeze=False)

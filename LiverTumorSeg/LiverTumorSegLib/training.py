@@ -47,15 +47,18 @@ class TrainSettings:
     "in-sample"; synthetic_copies: extra training variants per training case
     (synthesis.synthetic_copy: own tumors pasted elsewhere plus synthesised ones; never used
     for validation; one copy raised per-case Dice at 7 tumors from 0.62 to 0.67 in
-    benchmarks/RESULTS.md); synthetic_tumors, synthetic_radius_mm, synthetic_delta_hu: how many
-    Hu-recipe tumors each copy gets, their radius range (log-uniform, mm) and intensity change
-    (HU; the texture halves it on average).
+    benchmarks/RESULTS.md); synthetic_tumors, synthetic_radius_mm, synthetic_delta_hu,
+    synthetic_edge_mm: how many Hu-recipe tumors each copy gets, their radius range (log-uniform,
+    mm), intensity change (HU; the texture halves it on average) and edge blur (Gaussian sigma,
+    mm; 1-2 mm leaves a 6 mm tumor about a third of its contrast).
     loss: "batch_dice" = soft Dice over the whole batch + BCE (a big tumor outweighs a small one
     by its voxel count); "patch_dice" = soft Dice per patch, averaged, + BCE (each tumor-centred
     patch counts once, whatever the tumor's size).
     threshold_objective: "dice" = the validation threshold with the best pooled voxel Dice;
     "lesion" = the best mean of voxel Dice and lesion F1, smoothed over neighbouring thresholds
-    (steadier with 1-3 held-out pieces, and it does not trade small lesions for voxels).
+    (meant to stop trading small lesions for voxels; measured, it picked 0.65-0.85 on 1-3 pieces
+    and lost Dice, so "dice" stays the default; benchmarks/RESULTS.md).
+    loss "patch_dice" and the synthetic_* settings above were measured too: mixed, not defaults.
     Budget: max_steps is the plan (600: about 3.5 min on one core, so Retrain's 5 minutes cap it
     only on a slow or busy machine); minutes only caps it (meta says which ended the run).
     Fine-tuning (an initial model given): rehearsal_cases phantoms of the default model's recipe
