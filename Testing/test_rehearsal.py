@@ -60,3 +60,17 @@ def test_fine_tuning_scores_parent_and_child_and_records_both(tmp_path, phantom_
              if scores and scores["child"][key] < scores["parent"][key] - PARENT_TOLERANCE]
     assert check["worse_on"] == worse and check["worse_than_parent"] == bool(worse)
     assert load_model(out).meta["parent_check"] == check
+
+
+def test_rehearsal_replays_both_polarities():
+    """Fine-tuning on a user's few (mostly hypodense) tumors forgot hyperdense ones while the
+    rehearsal set held none (benchmarks/RESULTS.md): the default set holds both kinds."""
+    from LiverTumorSegLib.lesions import label_lesions
+
+    kinds = {"hypo": 0, "hyper": 0}
+    for _, image, labels in rehearsal_cases(TrainSettings().rehearsal_cases):
+        components, n = label_lesions(labels.array == 2)
+        level = np.median(image.array[labels.array == 1])
+        for mean in ndimage.mean(image.array, components, range(1, n + 1)):
+            kinds["hyper" if mean > level else "hypo"] += 1
+    assert kinds["hyper"] >= 3 and kinds["hypo"] >= 3, kinds

@@ -69,10 +69,11 @@ CHAINS = {
         ("default_model", "the shipped default model, no training", {}, {}, {}),
         ("retrain_default", "Retrain: the default model fine-tuned on the K-tumor set with the engine's defaults",
          {}, {}, {}),
+        ("retrain_frozen_bn", "the same Retrain keeping the parent's batch-norm statistics", {}, {}, {"fine_tune_freeze_bn": True}),
     ],
 }
 NO_TRAINING = "default_model"
-FINE_TUNE = "retrain_default"
+FINE_TUNES = {"retrain_default": {}, "retrain_frozen_bn": {"fine_tune_freeze_bn": True}}
 PRESETS = {
     "full": dict(phantom="medium", k=7, seeds=[0], steps=500, test_cases=10, test_min_tumors=30, patch_size=None,
                  ref_variants=2, small_phantoms=8, small_ref_variants=3),
@@ -176,10 +177,10 @@ def run_variant(chain: list, name: str, seed: int, train_cases: list, tests: dic
     if name == NO_TRAINING:
         model = load_model(default_model_path())
         settings = None
-    elif name == FINE_TUNE:  # the engine's own defaults, as Slicer's Retrain runs them, with the fixed steps
+    elif name in FINE_TUNES:  # the engine's own defaults, as Slicer's Retrain runs them, with the fixed steps
         from LiverTumorSegLib.training import TrainSettings
 
-        settings = TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"])
+        settings = TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"], **FINE_TUNES[name])
         model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings, init=load_model(default_model_path()))
     else:
         settings = variant_settings(chain, name, seed, config)

@@ -64,7 +64,9 @@ class TrainSettings:
     Fine-tuning (an initial model given): rehearsal_cases phantoms of the default model's recipe
     are replayed with the user's cases (rehearsal.py), and parent and child are both scored on
     check_cases held-out phantoms and on the user's validation pieces (meta "parent_check");
-    a child more than PARENT_TOLERANCE below its parent on either is marked worse."""
+    a child more than PARENT_TOLERANCE below its parent on either is marked worse.
+    fine_tune_freeze_bn: when fine-tuning, keep the parent's batch-norm statistics (the few new
+    cases then shift only the weights, not the normalisation every layer relies on)."""
 
     seed: int = 0
     minutes: float = 5.0
@@ -90,8 +92,9 @@ class TrainSettings:
     synthetic_edge_mm: tuple = (1.0, 2.0)
     loss: str = "batch_dice"
     threshold_objective: str = "dice"
-    rehearsal_cases: int = 4
+    rehearsal_cases: int = 6
     check_cases: int = 3
+    fine_tune_freeze_bn: bool = False
 
     def __post_init__(self):
         if self.minutes <= 0 or self.max_steps < 1:
@@ -183,7 +186,8 @@ def train_model(
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock)
+        freeze_bn = settings.fine_tune_freeze_bn and init is not None
+        averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock, freeze_bn)
     finally:
         torch.use_deterministic_algorithms(previous_det)
     train_seconds = time.perf_counter() - start
@@ -391,13 +395,18 @@ def _initial_network(settings: TrainSettings, features: FeatureSettings, init: T
     return network, spec
 
 
-def _fit(network, samplers, settings: TrainSettings, lr: float, rng, deadline: float, clock: _Clock):
-    """The optimisation loop; returns (EMA network, steps done, last smoothed loss)."""
+def _fit(network, samplers, settings: TrainSettings, lr: float, rng, deadline: float, clock: _Clock, freeze_bn: bool = False):
+    """The optimisation loop; returns (EMA network, steps done, last smoothed loss). freeze_bn:
+    batch norm normalises with its stored statistics and does not update them."""
     import torch
 
     averaged = _EMA(network, settings.ema_decay)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     network.train()
+    if freeze_bn:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     step, smoothed = 0, None
     loop_start = time.perf_counter()
     while step < settings.max_steps and (step == 0 or time.perf_counter() < deadline):
