@@ -46,6 +46,8 @@ bench: venv
 	$(PY) benchmarks/small_data.py
 	$(PY) benchmarks/method_changes.py
 	$(PY) benchmarks/method_changes.py --chain round2 --seeds 0 1
+	$(PY) benchmarks/method_changes.py --chain grid --seeds 0 1
+	$(PY) benchmarks/method_changes.py --chain retrain --steps 600
 	$(PY) benchmarks/speed.py
 
 bench-quick: venv
