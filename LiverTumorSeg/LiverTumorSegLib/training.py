@@ -192,7 +192,8 @@ def train_model(
         torch.use_deterministic_algorithms(previous_det)
     train_seconds = time.perf_counter() - start
 
-    validation = _validate(averaged, prepared, split, settings, clock)
+    pieces = _validation_pieces(averaged, prepared, split, clock)
+    validation = _validate(pieces, split, settings)
     meta = {
         "created": _now(),
         "parent": None if init is None else init.meta.get("version"),
@@ -216,7 +217,7 @@ def train_model(
     averaged.eval()
     model = TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
     if init is not None:
-        meta["parent_check"] = parent_check(model, init, prepared, split, settings, clock)
+        meta["parent_check"] = parent_check(model, init, prepared, split, pieces, settings, clock)
         meta["total_seconds"] = round(time.perf_counter() - start, 1)
     return model
 
@@ -234,10 +235,12 @@ def _rehearsal_prepared(settings: TrainSettings, features: FeatureSettings, cloc
     return out
 
 
-def parent_check(child: TrainedModel, parent: TrainedModel, prepared, split: _Split, settings: TrainSettings, clock) -> dict:
+def parent_check(child: TrainedModel, parent: TrainedModel, prepared, split: _Split, child_pieces: list,
+                 settings: TrainSettings, clock) -> dict:
     """Score a fine-tuned child next to its parent, each at its own threshold, on the check set
     (held-out phantoms of the default recipe: what the parent knew) and on the user's validation
-    pieces (what the user asked for). worse_than_parent: more than PARENT_TOLERANCE lower on either."""
+    pieces (what the user asked for; `child_pieces` are the child's, already computed by
+    validation). worse_than_parent: more than PARENT_TOLERANCE lower on either."""
     from .inference import segment
     from .metrics import evaluate_case, summarize
     from .rehearsal import check_cases
@@ -254,8 +257,8 @@ def parent_check(child: TrainedModel, parent: TrainedModel, prepared, split: _Sp
     check = {who: {k: summarize(r)[k] for k in keep} for who, r in rows.items()} if cases else {}
     user = {}
     if split.mode != "in-sample" and split.validation:
-        for who, model in (("parent", parent), ("child", child)):
-            pieces = _validation_pieces(model.network, prepared, split, clock, stage="parent check")
+        parent_pieces = _validation_pieces(parent.network, prepared, split, clock, stage="parent check")
+        for who, model, pieces in (("parent", parent, parent_pieces), ("child", child, child_pieces)):
             user[who] = _lesion_scores(pieces, model.threshold, settings.min_lesion_mm3)
     worse_on = [name for name, scores, key in (("check set", check, "dice_mean"), ("your validation", user, "dice"))
                 if scores and scores["child"][key] < scores["parent"][key] - PARENT_TOLERANCE]
@@ -469,15 +472,15 @@ def dice_bce_loss(logits, target, weight, per_patch: bool = False):
     return bce + dice.mean()
 
 
-def _validate(network, prepared, split: _Split, settings: TrainSettings, clock: _Clock) -> dict:
-    """Probability over each validation piece; the threshold with the best pooled Dice inside the
-    liver (histograms give every threshold at once), or with threshold_objective "lesion" the best
+def _validate(pieces: list, split: _Split, settings: TrainSettings) -> dict:
+    """Over the validation pieces (_validation_pieces, computed once per trained network): the
+    threshold with the best pooled Dice inside the liver (histograms give every threshold at
+    once), or with threshold_objective "lesion" the best
     mean of Dice and lesion F1; then Dice and lesion F1 at that threshold with the post-processing
     inference applies."""
     edges = np.concatenate([[0.0], np.asarray(THRESHOLDS), [1.0 + 1e-6]])
     tumor_hist = np.zeros(len(edges) - 1)
     other_hist = np.zeros(len(edges) - 1)
-    pieces = _validation_pieces(network, prepared, split, clock)
     for prob, liver, truth, _ in pieces:
         tumor_hist += np.histogram(prob[liver & truth], edges)[0]
         other_hist += np.histogram(prob[liver & ~truth], edges)[0]
@@ -492,12 +495,19 @@ def _validate(network, prepared, split: _Split, settings: TrainSettings, clock: 
         best, source = THRESHOLDS.index(0.5), "default"
     else:  # ties go to the threshold nearest 0.5
         best, source = int(np.argmax(dice_raw - 1e-9 * np.abs(np.asarray(THRESHOLDS) - 0.5))), "validation"
+    scored = {}  # threshold -> _lesion_scores, each computed once
+
+    def scores_at(t: float) -> dict:
+        if t not in scored:
+            scored[t] = _lesion_scores(pieces, t, settings.min_lesion_mm3)
+        return scored[t]
+
     objective = "dice"
     if settings.threshold_objective == "lesion" and source == "validation":
-        scores = [_lesion_scores(pieces, t, settings.min_lesion_mm3) for t in THRESHOLDS]
+        scores = [scores_at(t) for t in THRESHOLDS]
         best, objective = _best_lesion_threshold(scores), "lesion"
     threshold = float(THRESHOLDS[best])
-    at_threshold = _lesion_scores(pieces, threshold, settings.min_lesion_mm3)
+    at_threshold = scores_at(threshold)
     out = {
         "dice": round(at_threshold["dice"], 4),
         "lesion_f1": None if at_threshold["lesion_f1"] is None else round(at_threshold["lesion_f1"], 4),
@@ -505,7 +515,7 @@ def _validate(network, prepared, split: _Split, settings: TrainSettings, clock: 
         "threshold_source": source,
         "threshold_objective": objective,
         "mode": split.mode,
-        "dice_at_0.5": round(_lesion_scores(pieces, 0.5, settings.min_lesion_mm3)["dice"], 4),
+        "dice_at_0.5": round(scores_at(0.5)["dice"], 4),
         "dice_by_threshold": {f"{t:.2f}": round(float(d), 4) for t, d in zip(THRESHOLDS, dice_raw)},
     }
     if objective == "lesion":
