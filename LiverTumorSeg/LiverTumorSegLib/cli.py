@@ -1,15 +1,19 @@
 """The `livertumorseg` command line: segment, train, evaluate, phantom, demo.
 
-Bad input prints one line naming the problem and the fix, and exits with code 2; nothing is
-written half-way (every output is written atomically, and existing outputs are not replaced
-unless --overwrite is given).
+Bad input prints one line naming the problem and the fix, and exits with code 2, with nothing
+written: every output path is checked (type, writable, not an input, not another output, not an
+existing file unless --overwrite) before any work, and the outputs of one run are written to
+temps and renamed into place together at the end, so there are all of them or none.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +22,10 @@ from .errors import Cancelled, InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
-LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")  # single files: one rename covers them (not .mhd + .raw)
+LABEL_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
+# A case library is locked against a second `train` on it (a killed run's file does not block).
+TRAIN_LOCK = ".livertumorseg-train.lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", help="predicted labelmap or .seg.nrrd")
     p.add_argument("truth", help="truth labelmap or .seg.nrrd (LiTS labels: 2 = tumor)")
     p.add_argument("--liver", help="restrict both masks to this liver mask")
+    p.add_argument("--truth-labels", choices=("auto", "lits", "mask"), default="auto",
+                   help="what the truth's values mean: lits = 0 background, 1 liver, 2 tumor (a LiTS case without "
+                        "tumors has only 0/1); mask = any nonzero voxel is tumor; auto (default) = lits when label 2 "
+                        "is present, refused when only 0/1 (ambiguous)")
 
     p = sub.add_parser("phantom", help="write synthetic abdominal CT cases with known tumors")
     p.add_argument("out_dir", help="folder to write case folders into")
@@ -85,24 +96,68 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args) or 0
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
         print("cancelled; nothing was written", file=sys.stderr)
         return EXIT_CANCELLED
+    except MemoryError:
+        print("error: ran out of memory; nothing was written: give a liver mask (--liver) or crop the CT to the "
+              "liver region, or close other programs", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # disk full, a folder removed or made read-only meanwhile, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        fix = "free some disk space" if exc.errno == errno.ENOSPC else "check the folder and its permissions"
+        print(f"error: {exc.strerror or exc}{where}; nothing was written: {fix} and run again", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def one_line(exc: Exception) -> str:
+    """An error's message on one line (a library's multi-line text joined)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES) -> Path | None:
-    """Refuse outputs that would replace a user's file or that no reader would recognise."""
+def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES, option: str = "--out") -> Path | None:
+    """Refuse outputs that would replace a user's file, that no reader would recognise, or that
+    cannot be written (read-only folder, a file where a folder should be, an existing folder)."""
+    from .fsutil import unwritable_reason
+
     if path is None:
         return None
     out = Path(path)
     if not str(out).lower().endswith(tuple(suffixes)):
-        raise InputError(f"{out}: unknown output type; use one of {', '.join(suffixes)}")
+        raise InputError(f"{option} {out}: unknown output type; use one of {', '.join(suffixes)}")
+    if out.is_dir():
+        raise InputError(f"{option} {out} is an existing folder; give a file name for the output, not a folder")
     if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose another name or pass --overwrite")
+        raise InputError(f"{option} {out} already exists; choose another name or pass --overwrite")
+    reason = unwritable_reason(out)
+    if reason:
+        raise InputError(f"{option} {out} cannot be written: {reason}; choose a folder you can write to")
     return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_distinct(outputs: dict, inputs: dict) -> None:
+    """No output may be another output or one of the inputs (even with --overwrite: the CT or
+    mask being read would be replaced by the result)."""
+    named = [(option, path) for option, path in outputs.items() if path is not None]
+    for i, (option, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if _same_file(path, other_path):
+                raise InputError(f"{other} and {option} are the same file {path}; give each output its own name")
+        for what, source in inputs.items():
+            if source is not None and _same_file(path, Path(source)):
+                raise InputError(f"{option} {path} is the {what} being read; write the result to a new file")
 
 
 def load_model_arg(path: str | None):
@@ -111,12 +166,27 @@ def load_model_arg(path: str | None):
     return load_model(Path(path) if path else default_model_path())
 
 
-def tumor_mask(labels) -> "np.ndarray":  # noqa: F821
-    """Tumor voxels of a labelmap: label 2 when present (LiTS), otherwise any nonzero voxel."""
+def tumor_mask(found, labels: str = "auto", role: str = "prediction") -> "np.ndarray":  # noqa: F821
+    """Tumor voxels of labels read with io.read_labels_kind. A Slicer segmentation: its tumor
+    segments (label 2). A label map: "lits" = label 2; "mask" = any nonzero voxel; "auto" = label
+    2 when present; else, for a prediction, any nonzero voxel (this tool's labelmaps are 1 =
+    tumor); for a truth with only 0/1, refused: a tumor mask and a tumor-free LiTS case (1 =
+    liver) look the same, and guessing wrong turns a liver into one big tumor."""
     import numpy as np
 
-    values = labels.array
-    return values == 2 if np.any(values == 2) else values > 0
+    values = found.volume.array
+    if found.from_segmentation or labels == "lits":
+        return values == 2
+    if labels == "mask":
+        return values > 0
+    if np.any(values == 2):
+        return values == 2
+    if role == "truth" and np.any(values == 1) and not np.any(values > 2):
+        raise InputError(
+            "the truth holds only labels 0 and 1: a tumor mask and a LiTS case without tumors (1 = liver) look the "
+            "same; say which with --truth-labels mask or --truth-labels lits"
+        )
+    return values > 0
 
 
 def set_threads(threads: int | None) -> None:
@@ -166,35 +236,59 @@ def make_progress_printer(as_json: bool):
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_segment(args) -> int:
     from . import io as lio
+    from .fsutil import StagedOutputs
     from .inference import segment
     from .lesions import write_lesion_csv
 
+    # Every output checked before any work: nothing of the user's replaced, nothing written half.
     out = check_output(args.out, args.overwrite)
-    prob_out = check_output(args.prob, args.overwrite, (".nrrd", ".nii.gz", ".nii", ".mha"))
-    csv_out = check_output(args.lesions, args.overwrite, (".csv",))
+    prob_out = check_output(args.prob, args.overwrite, IMAGE_SUFFIXES, option="--prob")
+    csv_out = check_output(args.lesions, args.overwrite, (".csv",), option="--lesions")
+    check_distinct({"--out": out, "--prob": prob_out, "--lesions": csv_out},
+                   {"CT": args.image, "liver mask": args.liver, "model": args.model})
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold} is outside (0, 1); use e.g. 0.5")
-    image = lio.read_image(args.image)
+    set_threads(args.threads)
+    model = load_model_arg(args.model)
+    image = lio.read_image(args.image, keep_integer=True)
     if args.liver:
         liver = lio.read_liver_mask(args.liver, reference=image)
     else:
         warnings.warn("no --liver mask given: segmenting the whole volume (slower, more false positives)")
         liver = None
-    set_threads(args.threads)
-    model = load_model_arg(args.model)
+    lio.warn_if_implausible_ct(image, liver, Path(args.image).name)
+    check_memory(image, liver, model)
     report, close = make_progress_printer(args.progress_json) if args.progress_json else (None, lambda: None)
     try:
         result = segment(image, liver, model, threshold=args.threshold, progress=report)
     finally:
         close()
-    write_tumor_output(out, result.tumor)
-    if prob_out:
-        lio.write_image(result.probability, prob_out)
-    if csv_out:
-        write_lesion_csv(result.lesions, csv_out)
+    del liver
+    with StagedOutputs() as staged:
+        write_tumor_output(staged.path_for(out), result.tumor)
+        if prob_out:
+            lio.write_image(result.probability, staged.path_for(prob_out))
+        if csv_out:
+            write_lesion_csv(result.lesions, staged.path_for(csv_out))
+        staged.commit()
     total_ml = sum(lesion.volume_ml for lesion in result.lesions)
     print(f"{len(result.lesions)} lesion(s), {total_ml:.1f} mL in total, threshold {result.threshold:.2f} -> {out}")
     return 0
+
+
+def check_memory(image, liver, model) -> None:
+    """Refuse up front a segmentation that would not fit in the free memory (memory.py)."""
+    from .memory import memory_problem
+    from .preprocess import liver_box
+
+    settings = model.feature_settings
+    box = None
+    if liver is not None:
+        z0, z1, y0, y1, x0, x1 = liver_box(liver, image.shape, image.spacing_zyx, settings.margin_mm)
+        box = (z1 - z0, y1 - y0, x1 - x0)
+    problem = memory_problem(image.shape, image.spacing_zyx, box, work_mm=settings.spacing_mm)
+    if problem:
+        raise InputError(problem)
 
 
 def write_tumor_output(out: Path, tumor) -> None:
@@ -213,30 +307,76 @@ def _default_steps() -> int:
     return TrainSettings.__dataclass_fields__["max_steps"].default
 
 
+def library_root(cases: str | os.PathLike) -> Path:
+    """The folder a `train` run locks: the library (or folder of case folders) it was given, the
+    parent of a single case folder."""
+    from .library import is_case_folder
+
+    path = Path(cases)
+    return path.parent if is_case_folder(path) else path
+
+
+def read_training_cases(folders: list) -> list:
+    """[(case id, CT, labels)] of the usable case folders. A broken case (unreadable file, label
+    values other than 0/1/2, no liver, labels off the CT) is skipped with a warning naming it and
+    the fix; InputError when none is usable. A label map covering only part of its CT is used
+    with a warning (the rest of the CT is trained as background)."""
+    from .library import read_case_folder
+
+    cases, problems = [], []
+    for folder in folders:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image, labels = read_case_folder(folder)
+        except InputError as exc:
+            problems.append((folder, one_line(exc)))
+            continue
+        for warning in caught:
+            warnings.warn(f"case {folder.name}: {warning.message}")
+        cases.append((folder.name, image, labels))
+    if not cases:
+        if len(problems) == 1:
+            raise InputError(f"{problems[0][1]} (case {problems[0][0].name}, the only case)")
+        names = ", ".join(folder.name for folder, _ in problems)
+        raise InputError(f"none of the {len(problems)} cases is usable ({names}); first: {problems[0][1]}")
+    for folder, reason in problems:
+        warnings.warn(f"skipping case {folder.name} ({reason}); training on the other {len(cases)} case(s): "
+                      f"repair or remove {folder}")
+    return cases
+
+
 def cmd_train(args) -> int:
-    from .library import find_case_folders, read_case_folder
+    from .fsutil import exclusive_lock
+    from .library import find_case_folders
     from .modelstore import load_model, save_model
     from .training import TrainSettings, train_model
 
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out} already exists; model versions are never overwritten, choose a new folder")
-    if args.minutes <= 0:
-        raise InputError(f"--minutes {args.minutes} must be positive")
+    reason = check_model_folder_writable(out)
+    if reason:
+        raise InputError(f"--out {out} cannot be written: {reason}; choose a folder you can write to")
+    if not math.isfinite(args.minutes) or args.minutes <= 0:
+        raise InputError(f"--minutes {args.minutes} must be a positive number of minutes, e.g. 5")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max-steps {args.max_steps} must be at least 1 (or leave it out for the default)")
     set_threads(args.threads)
     folders = find_case_folders(args.cases)
-    cases = [(folder.name, *read_case_folder(folder)) for folder in folders]
-    init = load_model(Path(args.init)) if args.init else None
-    budget = {"max_steps": args.max_steps} if args.max_steps else {}
-    hessian = {"use_hessian": False} if args.no_hessian else {}
-    synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
-    settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian, **synthetic)
-    report, close = make_progress_printer(args.progress_json)
-    try:
-        model = train_model(cases, settings, init=init, progress=report)
-    finally:
-        close()
-    save_model(model, out)
+    with exclusive_lock(library_root(args.cases) / TRAIN_LOCK, "training"):
+        cases = read_training_cases(folders)
+        init = load_model(Path(args.init)) if args.init else None
+        budget = {} if args.max_steps is None else {"max_steps": args.max_steps}
+        hessian = {"use_hessian": False} if args.no_hessian else {}
+        synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
+        settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian, **synthetic)
+        report, close = make_progress_printer(args.progress_json)
+        try:
+            model = train_model(cases, settings, init=init, progress=report)
+        finally:
+            close()
+        save_model(model, out)
     validation = model.meta.get("validation", {})
     if args.progress_json:
         print(json.dumps({"stage": "done", "model": str(out), "validation": validation}), flush=True)
@@ -252,17 +392,24 @@ def cmd_train(args) -> int:
     return 0
 
 
+def check_model_folder_writable(out: Path) -> str | None:
+    from .fsutil import unwritable_reason
+
+    return unwritable_reason(out / "model.pt")
+
+
 def cmd_evaluate(args) -> int:
     from . import io as lio
     from .metrics import evaluate_case
 
-    truth = lio.read_labels(args.truth)
-    pred = lio.read_labels(args.pred, reference=truth)
-    pred_mask, truth_mask = tumor_mask(pred), tumor_mask(truth)
+    truth = lio.read_labels_kind(args.truth)
+    pred = lio.read_labels_kind(args.pred, reference=truth.volume)
+    truth_mask = tumor_mask(truth, args.truth_labels, role="truth")
+    pred_mask = tumor_mask(pred)
     if args.liver:
-        liver = lio.read_liver_mask(args.liver, reference=truth)
+        liver = lio.read_liver_mask(args.liver, reference=truth.volume)
         pred_mask, truth_mask = pred_mask & liver, truth_mask & liver
-    print(json.dumps(evaluate_case(pred_mask, truth_mask, truth.spacing_zyx), indent=2))
+    print(json.dumps(evaluate_case(pred_mask, truth_mask, truth.volume.spacing_zyx), indent=2))
     return 0
 
 

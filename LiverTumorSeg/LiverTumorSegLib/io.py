@@ -115,12 +115,26 @@ def _is_segmentation_image(image: sitk.Image) -> bool:
 
 
 # ---- reading ---------------------------------------------------------------------------------
+READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
 def _read_file(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        reason = _short_reason(exc)
+        if "spacing" in reason.lower():
+            raise InputError(
+                f"{path} has an invalid voxel spacing ({reason}); every spacing must be a positive number of mm: "
+                "fix the spacing in the file's header, or export the image again"
+            ) from exc
+        if _suffix(path) in READ_SUFFIXES:
+            raise InputError(
+                f"cannot read {path} ({reason}): the file is damaged or is not a {_suffix(path)} image; "
+                "export it again (or restore it from a backup)"
+            ) from exc
         raise InputError(
-            f"cannot read {path} as an image ({_short_reason(exc)}); give NRRD, NIfTI, MetaImage or a DICOM folder"
+            f"cannot read {path} as an image ({reason}); give NRRD, NIfTI, MetaImage or a DICOM folder"
         ) from exc
 
 
@@ -154,10 +168,57 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's multi-line "missing slices" text: ours is below
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read the DICOM series in {folder} ({_short_reason(exc)}); re-export the series") from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    problem = slice_spacing_problem(_slice_positions(reader, len(files)))
+    if problem:
+        raise InputError(
+            f"the DICOM series in {folder} {problem}; the volume would be misplaced between its slices: "
+            "export the complete series again from the PACS or scanner"
+        )
+    return image
+
+
+def _slice_positions(reader: sitk.ImageSeriesReader, count: int) -> list[float] | None:
+    """Each slice's position (mm) along the slice normal, from Image Position / Orientation
+    (Patient); None when a slice lacks them (then ITK's own spacing is all there is)."""
+    try:
+        orientation = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+        normal = np.cross(orientation[:3], orientation[3:6])
+        return [float(np.dot([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")], normal))
+                for i in range(count)]
+    except (RuntimeError, ValueError, IndexError):
+        return None
+
+
+def slice_spacing_problem(positions, tolerance: float = 0.1) -> str | None:
+    """What is wrong with a series' slice positions (mm along the normal), None when they are
+    evenly spaced within `tolerance` (a fraction of the typical spacing): a gap (missing slices),
+    two slices at one position, or uneven spacing. A volume needs one spacing for all slices."""
+    if positions is None or len(positions) < 3:
+        return None
+    steps = np.diff(np.sort(np.asarray(positions, dtype=float)))
+    typical = float(np.median(steps))
+    if typical <= 1e-6:
+        return "has several slices at the same positions (two acquisitions mixed in one series?)"
+    if steps.min() < 1e-3:
+        return "has two slices at the same position (a duplicated slice or a second acquisition)"
+    worst = int(np.argmax(np.abs(steps - typical)))
+    if abs(steps[worst] - typical) <= tolerance * typical + 1e-3:
+        return None
+    gap = float(steps[worst])
+    missing = int(round(gap / typical)) - 1
+    if missing >= 1 and abs(gap - (missing + 1) * typical) <= tolerance * typical + 1e-3:
+        return (f"has a gap: slices {worst + 1} and {worst + 2} of {len(positions)} are {gap:.2f} mm apart where the "
+                f"others are {typical:.2f} mm, so {missing} slice(s) are missing")
+    return f"has unevenly spaced slices ({steps.min():.2f} to {steps.max():.2f} mm apart, mostly {typical:.2f} mm)"
 
 
 def _read_any(path: Path) -> sitk.Image:
@@ -191,11 +252,19 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
             )
 
 
+def _sample(array: np.ndarray, max_voxels: int = 4_000_000) -> np.ndarray:
+    """A regular subsample of a big array (every k-th voxel per axis) for statistics: percentiles
+    of a 500-million-voxel CT would copy and sort all of it."""
+    step = max(1, int(np.ceil((array.size / max_voxels) ** (1.0 / 3.0))))
+    return array[::step, ::step, ::step] if array.ndim == 3 else array
+
+
 def _warn_if_not_hu(array: np.ndarray, path: Path, eight_bit: bool) -> None:
     """CT in Hounsfield units cannot be stored in 8 bits, and its soft tissue sits near 0-100 HU;
     raw scanner values put soft tissue near 1000 (HU = value - 1024 is typical). A CT cropped to
     the liver has no air and no negative values, and is fine: only these two cases warn (soft
     tissue fills well over a tenth of any CT, air or not)."""
+    array = _sample(array)
     low, high = float(array.min()), float(array.max())
     if eight_bit:
         warnings.warn(
@@ -209,8 +278,10 @@ def _warn_if_not_hu(array: np.ndarray, path: Path, eight_bit: bool) -> None:
         )
 
 
-def read_image(path) -> Volume:
-    """A CT volume in HU as float32 (z, y, x) from an image file or a DICOM series folder."""
+def read_image(path, keep_integer: bool = False) -> Volume:
+    """A CT volume in HU as float32 (z, y, x) from an image file or a DICOM series folder.
+    keep_integer: integer voxels stay in their (smaller) integer type, e.g. int16: half the
+    memory of float32 for a big CT (segmentation converts it slab by slab)."""
     path = _existing(path)
     seg_message = f"{path} is a Slicer segmentation, not a CT; give the CT image here and the segmentation as the mask"
     if _suffix(path) == SEG_SUFFIX:
@@ -220,10 +291,50 @@ def read_image(path) -> Volume:
         raise InputError(seg_message)
     eight_bit = image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8)
     volume = Volume.from_sitk(_scalar_3d(image, path, min_slices=2))
-    volume.array = volume.array.astype(np.float32, copy=False)
+    del image
+    if not (keep_integer and np.issubdtype(volume.array.dtype, np.integer) and volume.array.dtype.itemsize <= 2):
+        volume.array = volume.array.astype(np.float32, copy=False)
     _check_finite(volume.array, path)
     _warn_if_not_hu(volume.array, path, eight_bit)
     return volume
+
+
+# Slices further apart than this (mm) hide tumors of that size; CT for liver lesions is 0.5-5 mm.
+MAX_SLICE_MM = 8.0
+# A liver mask filling more of the CT than this (or more than LIVER_MAX_ML) is not a liver outline.
+LIVER_MAX_FRACTION = 0.9
+LIVER_MAX_ML = 5000.0
+# Liver parenchyma in CT is 40-200 HU (unenhanced to portal venous); far outside: not HU.
+LIVER_HU_RANGE = (-20.0, 300.0)
+
+
+def warn_if_implausible_ct(image: Volume, liver: np.ndarray | None, name: str) -> None:
+    """Warnings for a CT that is likely not what the model expects: slices thicker than
+    MAX_SLICE_MM, or intensities that are not CT Hounsfield units (an MR, say), judged by the
+    liver's median when a liver mask is given (a liver-cropped CT in HU has no negative values),
+    else by a whole image without air whose median is far above soft tissue."""
+    thick = max(image.spacing)
+    if thick > MAX_SLICE_MM:
+        warnings.warn(
+            f"{name}: voxels {thick:g} mm apart along one axis; tumors smaller than that are missed or merged "
+            f"(the model expects CT slices of 0.5-5 mm): use a thinner reconstruction if there is one"
+        )
+    if liver is not None and liver.any():
+        z = np.flatnonzero(liver.any(axis=(1, 2)))
+        sub = slice(z[0], z[-1] + 1)
+        level = float(np.median(_sample(image.array[sub][liver[sub]].reshape(1, 1, -1))))
+        if not LIVER_HU_RANGE[0] <= level <= LIVER_HU_RANGE[1]:
+            warnings.warn(
+                f"{name}: the liver's median value is {level:g}, where a CT liver is 40-200 HU; this image is not "
+                "CT in Hounsfield units (an MR, or rescaled values?), so the result will be wrong"
+            )
+        return
+    sample = _sample(image.array)
+    if float(sample.min()) >= 0 and float(np.median(sample)) > LIVER_HU_RANGE[1]:
+        warnings.warn(
+            f"{name}: no negative values and a median of {float(np.median(sample)):g}, unlike a CT in Hounsfield "
+            "units (air -1000, soft tissue 0-100); an MR or rescaled values give wrong results"
+        )
 
 
 # ---- segmentations (.seg.nrrd) -------------------------------------------------------------
@@ -418,35 +529,85 @@ def labels_on_grid(labels: Volume, reference: Volume, source: str = "the mask") 
     return out
 
 
+@dataclass
+class Labels:
+    """What `read_labels_kind` found: the labels, whether they came from a Slicer segmentation
+    (then 1 = a liver segment, 2 = a tumor segment, by name or terminology) and, for one, its
+    segment names per class."""
+
+    volume: Volume
+    from_segmentation: bool
+    segment_names: dict
+
+
+def read_labels_kind(path, reference: Volume | None = None) -> Labels:
+    """`read_labels`, saying also whether the file was a Slicer segmentation and what it held."""
+    path = _existing(path)
+    image = _read_any(path)
+    names: dict = {}
+    if _is_segmentation_image(image):
+        labels = _labels_from_segmentation(image, path)
+        for info, _ in _segment_masks(image, path)[1]:
+            names.setdefault(_segment_class(info), []).append(info.name)
+    else:
+        labels = _plain_labels(image, path)
+    del image
+    if reference is not None:
+        labels = labels_on_grid(labels, reference, source=str(path))
+    return Labels(labels, bool(names), names)
+
+
 def read_labels(path, reference: Volume | None = None) -> Volume:
     """uint8 labels (0 background, 1 liver, 2 tumor for Slicer segmentations; plain label maps keep
     their values), on the reference grid when one is given (see `labels_on_grid`)."""
-    path = _existing(path)
-    image = _read_any(path)
-    if _is_segmentation_image(image):
-        labels = _labels_from_segmentation(image, path)
-    else:
-        labels = _plain_labels(image, path)
-    if reference is not None:
-        labels = labels_on_grid(labels, reference, source=str(path))
-    return labels
+    return read_labels_kind(path, reference).volume
 
 
 def read_liver_mask(path, reference: Volume) -> np.ndarray:
-    """Boolean liver mask on the reference grid: any non-zero voxel is liver (LiTS labels work as is)."""
-    mask = read_labels(path, reference).array > 0
+    """Boolean liver mask on the reference grid: any non-zero voxel is liver (LiTS labels work as is).
+    A Slicer segmentation must hold a liver segment (its tumor segments count as liver too:
+    tumors lie inside the liver); one with tumor segments only is refused. A mask filling
+    nearly the whole image, or far more than any liver, is accepted with a warning."""
+    found = read_labels_kind(path, reference)
+    if found.from_segmentation and 1 not in found.segment_names:
+        names = ", ".join(f"'{n}'" for names in found.segment_names.values() for n in names)
+        raise InputError(
+            f"{path} has no liver segment (segments: {names}); give the liver segmentation as the liver mask "
+            "(a segment named e.g. 'Liver'), not a tumor result"
+        )
+    mask = found.volume.array > 0
+    del found
     if not mask.any():
         raise InputError(f"liver mask {path} is empty on the CT grid; paint the liver (any non-zero value) and save again")
+    fraction = float(np.count_nonzero(mask)) / mask.size
+    volume_ml = float(np.count_nonzero(mask)) * reference.voxel_volume_mm3 / 1000.0
+    if fraction > LIVER_MAX_FRACTION or volume_ml > LIVER_MAX_ML:
+        warnings.warn(
+            f"liver mask {path} covers {100 * fraction:.0f}% of the CT ({volume_ml:.0f} mL): that is not a liver "
+            f"outline (a liver is 1000-3000 mL); give the liver segmentation, or no --liver to search the whole CT"
+        )
     return mask
+
+
+def coverage_of(labels_path, reference: Volume) -> np.ndarray:
+    """Bool (z, y, x) on the reference grid: True where the label file's own grid covers the
+    reference (False: the labels say nothing there, e.g. a label map cropped to some slices)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(labels_path))
+    reader.ReadImageInformation()
+    size = list(reader.GetSize())[:3]
+    grid = Volume(np.ones(size[::-1], dtype=np.uint8), reader.GetSpacing()[:3], reader.GetOrigin()[:3],
+                  np.asarray(reader.GetDirection()).reshape(reader.GetDimension(), -1)[:3, :3].ravel())
+    if grid.same_grid(reference):
+        return np.ones(reference.shape, dtype=bool)
+    return resample_labels(grid, reference).array > 0
 
 
 # ---- writing -------------------------------------------------------------------------------
 def _check_write_suffix(path: Path) -> None:
     suffix = _suffix(path)
     if suffix == SEG_SUFFIX or suffix not in WRITE_SUFFIXES:
-        raise InputError(
-            f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)} (.seg.nrrd via write_segmentation)"
-        )
+        raise InputError(f"cannot write {path.name}: an image output must end in one of {', '.join(WRITE_SUFFIXES)}")
 
 
 def _write(image: sitk.Image, path: Path) -> None:
@@ -575,8 +736,9 @@ def is_segmentation_file(path) -> bool:
 
 
 __all__ = [
-    "CASE_SEGMENTS", "LIVER_SEGMENT", "TUMOR_SEGMENT", "SegmentInfo", "describe_geometry",
-    "is_segmentation_file", "labels_on_grid", "read_image", "read_labels", "read_liver_mask",
+    "CASE_SEGMENTS", "LIVER_SEGMENT", "TUMOR_SEGMENT", "Labels", "SegmentInfo", "coverage_of", "describe_geometry",
+    "is_segmentation_file", "labels_on_grid", "read_image", "read_labels", "read_labels_kind", "read_liver_mask",
+    "slice_spacing_problem", "warn_if_implausible_ct",
     "read_segmentation", "resample_labels", "terminology_entry", "write_image", "write_labelmap",
     "write_segmentation",
 ]

@@ -18,14 +18,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
-from .fsutil import write_json_atomic, write_text_atomic
+from .fsutil import make_temp_dir, write_json_atomic, write_text_atomic
 from .volume import Volume
 
 LIVER, TUMOR = 1, 2
@@ -130,12 +129,37 @@ def find_case_folders(path: str | os.PathLike) -> list[Path]:
     return folders
 
 
+CASE_LABELS = (0, 1, 2)
+
+
 def read_case_folder(folder: Path) -> tuple[Volume, Volume]:
-    """(CT, labels 0/1/2 on the CT's grid) of one case folder."""
+    """(CT, labels 0/1/2 on the CT's grid) of one case folder. InputError for label values other
+    than 0/1/2 (another convention would be trained silently as liver); a warning when the label
+    map covers only part of the CT (the unlabelled part would be trained as background)."""
+    import warnings
+
     from . import io as lio
 
-    image = lio.read_image(Path(folder) / "image.nrrd")
-    return image, lio.read_labels(Path(folder) / "label.nrrd", reference=image)
+    folder = Path(folder)
+    image = lio.read_image(folder / "image.nrrd")
+    label_path = folder / "label.nrrd"
+    labels = lio.read_labels(label_path, reference=image)
+    values = np.unique(labels.array)
+    other = [int(v) for v in values if int(v) not in CASE_LABELS]
+    if other:
+        raise InputError(
+            f"{label_path} has label values {', '.join(map(str, other))}; training labels are 0 background, 1 liver, "
+            "2 tumor: relabel it (or re-add the case from Slicer)"
+        )
+    covered = lio.coverage_of(label_path, image)
+    if covered.mean() < 0.995:  # (resampling may miss an edge voxel of a same-space grid)
+        slices = np.flatnonzero(covered.any(axis=(1, 2)))
+        where = f"slices {slices[0]}-{slices[-1]} of the CT's 0-{image.shape[0] - 1}" if slices.size else "none of the CT"
+        warnings.warn(
+            f"{label_path} covers only {100 * covered.mean():.0f}% of the CT ({where}); the rest is trained as "
+            "background (no liver, no tumor): label the whole CT, or crop the CT to the labelled part"
+        )
+    return image, labels
 
 
 def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -> None:
@@ -147,9 +171,7 @@ def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -
         raise InputError(f"case folder {folder} already exists; choose another case id")
     if not image.same_grid(labels):
         raise InputError("the label map is not on the CT's grid; resample it to the CT first")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a case library may be shared
+    tmp = make_temp_dir(folder)  # the umask's permissions: a case library may be shared
     try:
         lio.write_image(image, tmp / "image.nrrd")
         lio.write_labelmap(labels, tmp / "label.nrrd")

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, ModelError
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import atomic_path, make_temp_dir, write_json_atomic
 from .preprocess import FeatureSettings
 
 FORMAT_VERSION = 1
@@ -61,7 +60,7 @@ def save_model(model: TrainedModel, folder: str | os.PathLike) -> Path:
     meta.setdefault("threshold", float(model.threshold))
     meta.setdefault("min_lesion_mm3", float(model.min_lesion_mm3))
     meta.setdefault("spec", dict(model.spec))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = make_temp_dir(folder)  # hidden; a killed save's leftover is removed by the next save here
     try:
         with atomic_path(tmp / WEIGHTS_FILE) as path:
             torch.save(payload, path)
@@ -83,6 +82,11 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
 
     path = Path(path)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if path.is_file() and path.suffix.lower() == ".json":
+        raise ModelError(
+            f"{path} is the model's description, not its weights; give the model folder "
+            f"({path.parent}) or its {WEIGHTS_FILE}"
+        )
     if not weights.is_file():
         raise ModelError(
             f"no model at {path}: expected a model folder holding {WEIGHTS_FILE} (or that file); "
