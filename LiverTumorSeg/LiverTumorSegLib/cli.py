@@ -363,10 +363,9 @@ def cmd_train(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps {args.max_steps} must be at least 1 (or leave it out for the default)")
     set_threads(args.threads)
-    folders = find_case_folders(args.cases)
+    cases = read_training_cases(find_case_folders(args.cases))
+    init = load_model(Path(args.init)) if args.init else None
     with exclusive_lock(library_root(args.cases) / TRAIN_LOCK, "training"):
-        cases = read_training_cases(folders)
-        init = load_model(Path(args.init)) if args.init else None
         budget = {} if args.max_steps is None else {"max_steps": args.max_steps}
         hessian = {"use_hessian": False} if args.no_hessian else {}
         synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}

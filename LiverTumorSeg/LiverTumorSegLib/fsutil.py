@@ -10,7 +10,6 @@ loss), the next write into that folder removes the leftovers of dead processes o
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -140,29 +139,30 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
 
 
 def unwritable_reason(path: str | os.PathLike) -> str | None:
-    """Why a new file at `path` could not be written (None: it can), found without writing it: an
-    existing folder of that name, a file where a parent folder should be, a parent that cannot be
-    created or written (checked by creating and removing a temp file in the nearest existing
-    parent, which also catches read-only mounts and root squash where permission bits would not)."""
+    """Why a new file at `path` could not be written (None: it can), found without writing
+    anything: an existing folder of that name, a file where a parent folder should be, a nearest
+    existing parent that this process may not write into (the kernel's own check, so read-only
+    mounts and a root without its override capabilities are caught too)."""
     path = Path(path)
     if path.is_dir():
         return f"{path} is a folder"
     parent = path.parent
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         if parent.parent == parent:
             break
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=temp_prefix("write-check"), dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason = "permission denied" if exc.errno != errno.EROFS else "read-only file system"
-        return f"cannot write in {parent} ({reason})"
+    effective = os.access in getattr(os, "supports_effective_ids", set())
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=effective):
+        try:
+            read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        except (AttributeError, OSError):
+            read_only = False
+        return f"cannot write in {parent} ({'read-only file system' if read_only else 'permission denied'})"
+    if path.exists() and not os.access(path, os.W_OK, effective_ids=effective) and not os.access(
+            parent, os.W_OK, effective_ids=effective):
+        return f"{path} is read-only"
     return None
 
 
@@ -202,30 +202,41 @@ class StagedOutputs:
 def exclusive_lock(lock_path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` for the block; InputError when another process holds
     it. The operating system drops the lock when its holder dies, so a file left by a killed
-    process never blocks the next run. `what` names the work for the message (e.g. "training").
-    A folder where the lock file cannot be created (read-only) is not locked."""
+    process never blocks the next run; a finished run removes its file. `what` names the work for
+    the message (e.g. "training"). A folder where no lock file can be created is not locked."""
     from .errors import InputError
 
     lock_path = Path(lock_path)
-    try:
-        handle = open(lock_path, "a+", encoding="utf-8")
-    except OSError:
-        yield
-        return
-    try:
+    while True:
+        try:
+            handle = open(lock_path, "a+", encoding="utf-8")
+        except OSError:
+            yield
+            return
         if not _try_lock(handle):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise InputError(
                 f"another {what} is already running on {lock_path.parent} ({holder}); wait for it to "
                 "finish or cancel it, then try again"
             )
+        try:  # the file may have been removed by its previous holder meanwhile: lock the one on disk
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+        except OSError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # while still holding it: a waiting opener then retries
         handle.close()  # closing releases the lock
 
 

@@ -329,11 +329,15 @@ def warn_if_implausible_ct(image: Volume, liver: np.ndarray | None, name: str) -
                 "CT in Hounsfield units (an MR, or rescaled values?), so the result will be wrong"
             )
         return
-    sample = _sample(image.array)
-    if float(sample.min()) >= 0 and float(np.median(sample)) > LIVER_HU_RANGE[1]:
+    sample = _sample(image.array).astype(np.float32)
+    if float(sample.min()) < 0 or float(np.percentile(sample, 90)) > 900:  # HU, or raw values (read_image warned)
+        return
+    body = sample[sample > 0.1 * float(np.percentile(sample, 99))]
+    level = float(np.median(body)) if body.size else 0.0
+    if level > LIVER_HU_RANGE[1]:
         warnings.warn(
-            f"{name}: no negative values and a median of {float(np.median(sample)):g}, unlike a CT in Hounsfield "
-            "units (air -1000, soft tissue 0-100); an MR or rescaled values give wrong results"
+            f"{name}: no negative values and the body's median at {level:g}, unlike a CT in Hounsfield units "
+            "(air -1000, soft tissue 0-100); an MR or rescaled values give wrong results"
         )
 
 
