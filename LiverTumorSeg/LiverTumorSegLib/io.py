@@ -611,7 +611,7 @@ def coverage_of(labels_path, reference: Volume) -> np.ndarray:
 def _check_write_suffix(path: Path) -> None:
     suffix = _suffix(path)
     if suffix == SEG_SUFFIX or suffix not in WRITE_SUFFIXES:
-        raise InputError(f"cannot write {path.name}: an image output must end in one of {', '.join(WRITE_SUFFIXES)}")
+        raise InputError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
 
 
 def _write(image: sitk.Image, path: Path) -> None:
