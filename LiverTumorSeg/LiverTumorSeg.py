@@ -6,9 +6,9 @@ does is a call into LiverTumorSegLib.logic (scriptable without the GUI).
 
 import importlib.metadata
 import importlib.util
+import logging
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -190,10 +190,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._refreshCases()
 
     def cleanup(self) -> None:
-        for job in (self._trainingJob, self._segmentJob):
-            if job is not None:
-                job.cancel()  # never leave a background process behind
+        """Slicer is closing (or the module is unloaded): stop the background jobs and wait for
+        them, so no process, scratch folder or half result is left behind."""
         self._jobTimer.stop()
+        if self.logic is not None:
+            self.logic.stopJobs()
         self._libraryTimer.stop()
         self.removeObservers()
 
@@ -207,8 +208,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._segmentJob is not None:
-            self._segmentJob.cancel()  # its CT and output are going away
+        # The Logic cancels a running Segment itself (its CT and output are going away).
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -451,12 +451,13 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Cancelled:
             self.ui.segmentStatusLabel.text = _("Segmentation cancelled; the output segmentation was not changed.")
             return
-        except Exception as error:  # InputError: a message for the user; anything else with its traceback
-            self.ui.segmentStatusLabel.text = _("Segmentation failed.")
-            details = "\n".join(job.log)
+        except Exception as error:  # one line in the panel; a bug's traceback goes to the Python console only
+            reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
             if not isinstance(error, InputError):
-                details += "\n" + traceback.format_exc()
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error), detailedText=details)
+                logging.exception("LiverTumorSeg: putting the segmentation into the scene failed")
+                reason = _("{kind}: {reason} (details in the Python console)").format(kind=type(error).__name__, reason=reason)
+            self.ui.segmentStatusLabel.text = _("Segmentation failed: {error}").format(error=reason)
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=reason), detailedText="\n".join(job.log))
             return
         lesions = table.GetNumberOfRows()
         self.ui.segmentStatusLabel.text = _("{n} lesion(s) found in {t}.").format(
@@ -590,17 +591,22 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.cancelled:
             self.ui.trainingStatusLabel.text = _("Training cancelled; no model was written.")
             return
-        if job.error:
-            self.ui.trainingStatusLabel.text = _("Training failed.")
+        if job.error:  # one line (the command's own reason); its whole output under Details
+            self.ui.trainingStatusLabel.text = _("Training failed: {error}").format(error=job.error)
             slicer.util.errorDisplay(_("Training failed: {error}").format(error=job.error), detailedText="\n".join(job.log))
             return
         version = job.outPath.name
         dice = (job.result.get("validation") or {}).get("dice")
         diceText = "n/a" if dice is None else f"{dice:.3f}"
-        self.ui.trainingStatusLabel.text = _("New model {v}: validation Dice {d}").format(v=version, d=diceText)
+        skipped = job.warnings  # e.g. a broken case it trained without
+        self.ui.trainingStatusLabel.text = _("New model {v}: validation Dice {d}").format(v=version, d=diceText) + (
+            " " + _("({n} warning(s): see below)").format(n=len(skipped)) if skipped else "")
+        if skipped:
+            self.ui.trainingStatusLabel.toolTip = "\n".join(skipped)
         self._refreshModels()
         warning = self.logic.modelWarning(liblogic.ModelInfo.from_folder(job.outPath))
         caution = ("\n\n" + _("Caution: it is {warning}.").format(warning=warning)) if warning else ""
+        caution += ("\n\n" + _("Warnings:") + "\n" + "\n".join(skipped)) if skipped else ""
         if slicer.util.confirmYesNoDisplay(
                 _("Training finished: model {v}, validation Dice {d}.{caution}\n\nUse it from now on? "
                   "(Earlier versions stay in the model list.)").format(v=version, d=diceText, caution=caution)):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import sys
 import time
 
 import numpy as np
@@ -20,7 +23,9 @@ slicer = pytest.importorskip("slicer")
 from LiverTumorSegLib import io as lio  # noqa: E402
 from LiverTumorSegLib import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
-from LiverTumorSegLib.logic import SEGMENT_STAGE_SPAN, LiverTumorSegLogic, describeProgress, stageText  # noqa: E402
+from LiverTumorSegLib.logic import (  # noqa: E402
+    SEGMENT_STAGE_SPAN, BackgroundJob, LiverTumorSegLogic, describeProgress, stageText,
+)
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
 from conftest import count_nodes  # noqa: E402
 
@@ -469,6 +474,64 @@ def test_background_segment_cancel_while_it_reports_progress(library_with_model,
             os.killpg(job.pid, 0)
 
 
+def test_closing_the_scene_cancels_a_background_segment(library_with_model, scene, ct, liver):
+    """File > Close Scene while Segment runs: the job is cancelled, nothing is put anywhere, the
+    scratch folder and the process are gone, and finishing it says why."""
+    logic = library_with_model
+    job = logic.startSegment(ct, *liver)
+    assert job in logic.runningJobs()
+    scene.Clear(0)  # what closing the scene does (StartCloseEvent, nodes removed)
+    drive(job, timeout=120)
+    assert job.cancelled and job.error is None
+    with pytest.raises(Cancelled, match="scene was closed"):
+        logic.finishSegment(job)
+    assert not job.folder.exists() and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(job.pid, 0)
+
+
+def test_closing_slicer_stops_every_job_and_leaves_nothing(library_with_model, ct, liver, phantom):
+    """The widget's cleanup (Slicer quitting) calls stopJobs: both jobs end before it returns,
+    with no process, no scratch folder and no new model version left."""
+    logic = library_with_model
+    add_phantom_case(logic, ct, liver, phantom)
+    segment_job = logic.startSegment(ct, *liver)
+    training_job = logic.startTraining(minutes=30.0, maxSteps=100000)
+    time.sleep(1.0)
+    logic.stopJobs(timeout=10.0)
+    for job in (segment_job, training_job):
+        assert job.finished and job.cancelled and job.error is None, job.log
+        if os.name != "nt":
+            with pytest.raises(ProcessLookupError):
+                os.killpg(job.pid, 0)
+    assert not segment_job.folder.exists()
+    assert not training_job.outPath.exists() and logic.runningJobs() == []
+
+
+def test_a_failed_job_gives_one_line_never_a_traceback(tmp_path):
+    """A child that crashes with a traceback, or is killed (out of memory), is reported in one line;
+    the whole output stays in the job's log for the details."""
+    crash = BackgroundJob([sys.executable, "-c", "import json\nraise RuntimeError('the disk went away')"])
+    drive(crash, timeout=60)
+    assert crash.error == "the background job failed (RuntimeError: the disk went away); nothing was written (the details are in the log)"
+    assert any("Traceback" in line for line in crash.log)
+    if os.name != "nt":
+        killed = BackgroundJob([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+        drive(killed, timeout=60)
+        assert "\n" not in killed.error and "stopped by SIGKILL" in killed.error and "memory" in killed.error
+
+
+def test_training_settings_are_checked_before_a_job_starts(logic, ct, liver, phantom):
+    add_phantom_case(logic, ct, liver, phantom)
+    for minutes in (float("nan"), 0, -1, "abc"):
+        with pytest.raises(InputError, match="positive number of minutes"):
+            logic.startTraining(minutes=minutes)
+    with pytest.raises(InputError, match="at least 1"):
+        logic.startTraining(maxSteps=0)
+    assert logic.runningJobs() == []
+
+
 def test_background_segment_reports_the_cli_error(logic, scene, ct, liver):
     broken = logic.libraryPath / "models" / "v001"
     broken.mkdir(parents=True)
@@ -518,14 +581,21 @@ def drive(job, timeout=JOB_TIMEOUT_S, stop_after_first=False):
     return seen
 
 
-def test_training_job_runs_to_completion(library_with_model, ct, liver, phantom):
+def test_training_job_runs_to_completion(library_with_model, scene, ct, liver, phantom):
+    """Also: a broken case in the library is skipped and named in the job's warnings (which the
+    panel shows), and closing the scene meanwhile does not stop Retrain (it needs no node)."""
     logic = library_with_model
     add_phantom_case(logic, ct, liver, phantom)
+    broken = logic.libraryPath / "cases" / "case-broken"
+    shutil.copytree(logic.libraryPath / "cases" / "case-001", broken)
+    (broken / "image.nrrd").write_bytes(b"NRRD0004\ntruncated")
     job = logic.startTraining(minutes=2.0, maxSteps=2, seed=1)
     assert "--init" in job.command and str(logic.libraryPath / "models" / "v001") in job.command
     assert job.outPath == logic.libraryPath / "models" / "v002"
+    scene.Clear(0)
     seen = drive(job)
     assert job.error is None and not job.cancelled and job.returncode == 0, job.log
+    assert any("skipping case case-broken" in w and "repair or remove" in w for w in job.warnings), job.log
     stages = [info["stage"] for info in seen]
     assert "train" in stages and stages[-1] == "done"
     assert job.result["model"] == str(job.outPath)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -24,11 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 
-from . import mrml
+from . import fsutil, mrml
 from .errors import Cancelled, InputError
 from .library import DEFAULT_MODEL_NAME, CaseLibrary, ModelInfo
 from .volume import Volume
@@ -263,16 +265,43 @@ class BackgroundJob:
         """Exit code 0 is not enough for training: it must also have reported its result."""
         return self.result is not None
 
+    @property
+    def warnings(self) -> list[str]:
+        """The job's `warning:` lines (e.g. training cases it skipped), without the prefix."""
+        return [line[len("warning:"):].strip() for line in self.log if line.startswith("warning:")]
+
     def _errorMessage(self) -> str:
+        """One line for the user: the command's own `error:` line, else what ended it (a signal,
+        the last line of a traceback). The whole output stays in `log` for the details."""
         errors = [line for line in self.log if line.startswith("error:")]
         if errors:
             return errors[-1][len("error:"):].strip()
-        tail = "\n".join(self.log[-5:])
-        return f"{self.what} stopped with exit code {self.returncode}" + (f":\n{tail}" if tail else "")
+        code = self.returncode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (the system stops a process this way when memory runs out)" if -code == getattr(signal, "SIGKILL", 9) else ""
+            return f"{self.what} was stopped by {name}{hint}; nothing was written: close other programs and try again"
+        last = next((line.strip() for line in reversed(self.log) if _EXCEPTION_LINE.match(line.strip())), None)
+        if last:
+            return f"{self.what} failed ({last[:200]}); nothing was written (the details are in the log)"
+        return f"{self.what} stopped with exit code {code}; nothing was written (the details are in the log)"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel and wait until the process tree has ended (killing it after `timeout`): for
+        closing the application, which must not leave a background process behind."""
+        if not self._exited.is_set():
+            self.cancel(grace_s=timeout)
+            if not self._exited.wait(timeout):
+                _signalTree(self._process, kill=True)
+                self._exited.wait(timeout)
+        self.poll()
 
     def cancel(self, grace_s: float = 5.0) -> None:
         """Stop the process tree; returns at once (the kill, if needed, happens on a timer thread)."""
-        if self._exited.is_set():
+        if self._exited.is_set() or self.cancelled:
             return
         self.cancelled = True
         _signalTree(self._process, kill=False)
@@ -333,6 +362,10 @@ class SegmentJob(BackgroundJob):
         if self.folder is not None and self.finished:
             shutil.rmtree(self.folder, ignore_errors=True)
 
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self.cleanup()
+
 
 def _readArray(path: Path) -> np.ndarray:
     """The (z, y, x) voxel array of an image file the command line wrote on the CT's own grid."""
@@ -351,6 +384,10 @@ def _boundingBox(mask: np.ndarray):
             return None
         box += [int(hits[0]), int(hits[-1]) + 1]
     return tuple(box)
+
+
+# The last line of a Python traceback: "ValueError: ...", "MemoryError", "KeyboardInterrupt".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:.*)?$")
 
 
 def _progressFromLine(line: str) -> dict | None:
@@ -388,6 +425,50 @@ class LiverTumorSegLogic:
         self._scene = scene
         self.libraryPath = Path(libraryPath) if libraryPath else defaultLibraryPath()
         self._modelCache: dict = {}
+        self._jobs: list = []  # background jobs started here, until they finish
+        self._observedScenes: list = []  # (scene, observer tag) for StartCloseEvent
+
+    # ---- background jobs and the scene's life --------------------------------------------
+    def _track(self, job):
+        """Keep a started job; the first one also makes the Logic watch its scene's closing."""
+        self._jobs = [j for j in self._jobs if not j.finished] + [job]
+        try:
+            scene = self.scene
+        except InputError:  # training needs no scene
+            return job
+        if not any(observed is scene for observed, _ in self._observedScenes):
+            me = weakref.ref(self)  # the scene must not keep the Logic alive (nor call a dead one)
+
+            def onStartClose(caller, event):
+                logic = me()
+                if logic is not None:
+                    logic._onSceneStartClose()
+
+            tag = scene.AddObserver(scene.StartCloseEvent, onStartClose)
+            self._observedScenes.append((scene, tag))
+        return job
+
+    def _onSceneStartClose(self, caller=None, event=None) -> None:
+        """The scene is being closed: a running Segment is cancelled (its CT and output are going
+        away; finishSegment then raises Cancelled and removes its scratch folder). Retrain reads
+        only the case library, so it goes on."""
+        for job in getattr(self, "_jobs", []):
+            if isinstance(job, SegmentJob) and not job.finished:
+                job.sceneClosed = True
+                job.cancel()
+
+    def runningJobs(self) -> list:
+        return [job for job in self._jobs if not job.finished]
+
+    def stopJobs(self, timeout: float = 5.0) -> None:
+        """Stop every background job and wait for it (the application is closing): nothing is
+        left running, no scratch folder is left behind, and no half result is written."""
+        for job in self._jobs:
+            job.stop(timeout)
+        self._jobs = []
+        for scene, tag in self._observedScenes:
+            scene.RemoveObserver(tag)
+        self._observedScenes = []
 
     # ---- context -------------------------------------------------------------------------
     @property
@@ -556,7 +637,9 @@ class LiverTumorSegLogic:
 
         import SimpleITK as sitk
 
-        folder = Path(tempfile.mkdtemp(prefix="LiverTumorSeg-segment-"))
+        scratch = Path(tempfile.gettempdir())
+        fsutil.clean_stale_temps(scratch)  # scratch folders of a Slicer that crashed or was killed
+        folder = Path(tempfile.mkdtemp(prefix=fsutil.temp_prefix("LiverTumorSeg-segment"), dir=scratch))
         try:
             sitk.WriteImage(image.to_sitk(), str(folder / "image.nrrd"), False)
             command = [
@@ -574,7 +657,8 @@ class LiverTumorSegLogic:
                 "model": str(modelFolder), "region": liver is not None,
             }
             packageParent = str(Path(__file__).resolve().parent.parent)
-            return SegmentJob(command, env=_childEnvironment(), cwd=packageParent, folder=folder, request=request)
+            return self._track(SegmentJob(command, env=_childEnvironment(), cwd=packageParent, folder=folder,
+                                          request=request))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -591,6 +675,8 @@ class LiverTumorSegLogic:
             raise InputError("the segmentation is still running; wait for it to finish (or cancel it)")
         try:
             if job.cancelled:
+                if getattr(job, "sceneClosed", False):
+                    raise Cancelled("segmentation was cancelled because the scene was closed")
                 raise Cancelled("segmentation was cancelled; the output segmentation was not changed")
             if job.error:
                 raise InputError(job.error)
@@ -839,7 +925,7 @@ class LiverTumorSegLogic:
         ]
         if (init / "model.pt").is_file():
             command += ["--init", str(init.resolve())]
-        if maxSteps:
+        if maxSteps is not None:
             command += ["--max-steps", str(int(maxSteps))]
         return command
 
@@ -849,12 +935,17 @@ class LiverTumorSegLogic:
         The new version is written to `library.new_version_path()`; it does not become active by
         itself (see `setActiveModel`).
         """
+        minutes = _number(minutes)
+        if minutes is None or minutes <= 0:
+            raise InputError("the training time must be a positive number of minutes, e.g. 5")
+        if maxSteps is not None and int(maxSteps) < 1:
+            raise InputError(f"the number of training steps must be at least 1, not {maxSteps}")
         if not self.listCases():
             raise InputError(f"no cases in {self.libraryPath}; add corrected cases first")
         outPath = self.library.new_version_path()
         command = self.trainingCommand(outPath, minutes, maxSteps, seed, initVersion)
         packageParent = str(Path(__file__).resolve().parent.parent)  # `-m` finds the package from here
-        return TrainingJob(command, env=_childEnvironment(), cwd=packageParent, outPath=outPath)
+        return self._track(TrainingJob(command, env=_childEnvironment(), cwd=packageParent, outPath=outPath))
 
     def train(self, minutes=5.0, maxSteps=None, seed=0, initVersion=None, progress=None, timeout=None) -> ModelInfo:
         """Blocking `startTraining` for scripts; returns the new version's ModelInfo."""
