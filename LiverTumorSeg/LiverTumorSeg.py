@@ -359,9 +359,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         cases = self.logic.listCases()
         for case in cases:
             text = _("{id}: {n} tumor(s), {ml:.1f} mL").format(id=case.case_id, n=case.tumor_count, ml=case.tumor_volume_ml)
+            if case.problem:
+                text = _("{id}: \u26a0 damaged").format(id=case.case_id)
             item = qt.QListWidgetItem(text + (f" - {case.notes}" if case.notes else ""))
             item.setData(qt.Qt.UserRole, case.case_id)
-            item.setToolTip(f"{case.source}\n{case.created}")
+            item.setToolTip(case.problem or f"{case.source}\n{case.created}")
             self.ui.caseListWidget.addItem(item)
         self._caseCount = len(cases)
         self._checkCanApply()

@@ -148,13 +148,14 @@ def world(tmp_path_factory, phantom_case_dirs) -> World:
     made.ro.chmod(0o755)  # so pytest can remove it
 
 
-def run(args, restricted: bool = False, cwd: Path | None = None, umask: int | None = None, timeout=RUN_TIMEOUT_S):
+def run(args, restricted: bool = False, cwd: Path | None = None, umask: int | None = None, timeout=RUN_TIMEOUT_S,
+        env: dict | None = None):
     command = [sys.executable, "-m", "LiverTumorSegLib", *map(str, args)]
     if restricted:
         if AS_ROOT and not RESTRICT:
             pytest.skip("running as root without setpriv: read-only folders cannot be tested")
         command = RESTRICT + command
-    env = dict(os.environ, PYTHONWARNINGS="default")
+    env = dict(os.environ, PYTHONWARNINGS="default", **(env or {}))
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
 
@@ -182,6 +183,7 @@ class Bad:
     says: tuple  # fragments of the one error line: the problem and the fix (case-insensitive)
     restricted: bool = False
     never_says: tuple = ()
+    env: dict | None = None
 
 
 def seg(w: World, *extra) -> list:
@@ -240,6 +242,9 @@ REFUSALS = [
         ("invalid voxel spacing", "positive number of mm", "fix the spacing"), never_says=("give NRRD",)),
     Bad("18 a damaged image file", lambda w: ["segment", w.corrupt, "--out", w.out / "t.nrrd"],
         ("damaged", "export it again"), never_says=("give NRRD",)),
+    Bad("Also: a CT too big for the free memory", lambda w: ["segment", w.ct, "--out", w.out / "t.nrrd"],
+        ("needs about", "gb of memory", "0.5 gb are free", "give a liver mask (--liver)"),
+        env={"LIVERTUMORSEG_MAX_MEMORY_GB": "0.5"}),
     Bad("17/16 train --out in a read-only folder", lambda w: ["train", w.cases, "--out", w.ro / "m"],
         ("--out", "cannot be written", "permission denied"), restricted=True),
 ]
@@ -248,7 +253,7 @@ REFUSALS = [
 @pytest.mark.parametrize("case", REFUSALS, ids=[case.row for case in REFUSALS])
 def test_refused_with_one_line_and_nothing_written(world, case):
     before = snapshot(world.root)
-    result = run(case.command(world), restricted=case.restricted, cwd=world.root)
+    result = run(case.command(world), restricted=case.restricted, cwd=world.root, env=case.env)
     lines = message_lines(result.stderr)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

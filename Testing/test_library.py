@@ -94,3 +94,16 @@ def test_model_versions_active_and_rollback(tmp_path):
     with pytest.raises(InputError, match="no model version"):
         library.set_active("v009")
     assert library.active_version() == "v001"
+
+
+def test_a_damaged_case_json_is_listed_with_its_problem_not_hiding_the_others(tmp_path):
+    """(issue 10 row 15) One broken case must not stop the Slicer case list from showing the rest."""
+    library = CaseLibrary(tmp_path / "lib")
+    image, labels = make_case()
+    first = library.add_case(image, labels)
+    second = library.add_case(image, labels)
+    (library.cases_dir / second / "case.json").write_text("{ not json")
+    cases = {c.case_id: c for c in library.list_cases()}
+    assert set(cases) == {first, second}
+    assert cases[first].problem == "" and cases[first].tumor_count == 2
+    assert "not readable JSON" in cases[second].problem and "fix or delete" in cases[second].problem

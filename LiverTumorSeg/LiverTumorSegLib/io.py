@@ -619,12 +619,23 @@ def _write(image: sitk.Image, path: Path) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=_suffix(path) != ".nii")
 
 
+def _all_integral(array: np.ndarray, tolerance: float = 1e-3, slab: int = 16) -> bool:
+    """True when every value is within `tolerance` of an integer; a few slices at a time with an
+    early stop, so a big float volume (a probability map) costs no full-size temporaries."""
+    flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    for start in range(0, flat.shape[0], slab):
+        block = flat[start : start + slab]
+        if not np.all(np.abs(block - np.rint(block)) < tolerance):
+            return False
+    return True
+
+
 def _ct_storage_array(array: np.ndarray) -> np.ndarray:
     """int16 when every value is an integer (within 1e-3) in int16 range, else float32: HU fit int16."""
     in_range = not array.size or (array.min() >= -32768 and array.max() <= 32767)
     if np.issubdtype(array.dtype, np.integer) and in_range:
         return array.astype(np.int16, copy=False)
-    if in_range and np.issubdtype(array.dtype, np.floating) and np.all(np.abs(array - np.rint(array)) < 1e-3):
+    if in_range and np.issubdtype(array.dtype, np.floating) and _all_integral(array):
         return np.rint(array).astype(np.int16)
     return array.astype(np.float32, copy=False)
 
@@ -638,8 +649,9 @@ def write_image(volume: Volume, path) -> None:
 
 def _as_uint8_labels(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype == bool:
-        return array.astype(np.uint8)
-    if array.size and (array.min() < 0 or array.max() > 255 or not np.array_equal(array, np.rint(array))):
+        return array.view(np.uint8)
+    integral = np.issubdtype(array.dtype, np.integer) or _all_integral(array, tolerance=1e-12)
+    if array.size and (array.min() < 0 or array.max() > 255 or not integral):
         raise InputError(f"{what} must hold integer labels 0..255, got {float(array.min()):g}..{float(array.max()):g}")
     return array.astype(np.uint8, copy=False)
 
@@ -715,7 +727,10 @@ def write_segmentation(path, labels: Volume, segments) -> None:
     segments = list(segments)
     _check_segments(segments)
     array = _as_uint8_labels(labels.array, "a segmentation")
-    array = np.where(np.isin(array, [s.value for s in segments]), array, 0).astype(np.uint8)
+    kept = np.zeros(256, dtype=bool)
+    kept[[0] + [s.value for s in segments]] = True
+    if not kept[array].all():  # other values: cleared (only then a copy)
+        array = np.where(kept[array], array, 0).astype(np.uint8)
     image = labels.with_array(array).to_sitk()
     for key, value in _segmentation_metadata(array, segments, labels).items():
         image.SetMetaData(key, value)

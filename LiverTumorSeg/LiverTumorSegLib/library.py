@@ -41,10 +41,14 @@ class CaseInfo:
     tumor_volume_ml: float = 0.0
     liver_volume_ml: float = 0.0
     notes: str = ""
+    problem: str = ""  # why the case cannot be listed properly ("" when it can)
 
     @classmethod
     def from_folder(cls, folder: Path) -> "CaseInfo":
-        meta = _read_json(folder / "case.json")
+        try:
+            meta = _read_json(folder / "case.json")
+        except InputError as exc:  # one damaged case must not hide the others
+            return cls(case_id=folder.name, path=folder, problem=str(exc))
         return cls(
             case_id=folder.name,
             path=folder,

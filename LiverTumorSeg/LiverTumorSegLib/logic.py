@@ -517,7 +517,7 @@ class LiverTumorSegLogic:
         if text in known and not Path(text).exists():
             return self.library.model_path(text)
         path = Path(text)
-        return path.parent if path.name == "model.pt" else path
+        return path.parent if path.name in ("model.pt", "model.json") else path
 
     def loadModel(self, model=None):
         """TrainedModel for `model` (None = active version); cached per model file and its time stamp."""

@@ -14,18 +14,31 @@ from pathlib import Path
 
 import numpy as np
 
-# Measured peak bytes: per CT voxel (int16 input), per working voxel of the searched box, fixed.
-BYTES_PER_CT_VOXEL = 13.0
-BYTES_PER_WORK_VOXEL = 90.0
-FIXED_BYTES = 1.2e9
+# Peak bytes per CT voxel (int16 input), per working voxel of the searched box, and fixed. The
+# measured peaks (benchmarks/results/big_volume.json) fit about 7.4, 95 and 0.5e9; these are
+# rounded up: 512x512x1000 with a liver mask measured 2.5 GB, estimated 3.1; 512x512x2000
+# without one measured 7.9 GB, estimated 9.1.
+BYTES_PER_CT_VOXEL = 8.5
+BYTES_PER_WORK_VOXEL = 105.0
+FIXED_BYTES = 0.8e9
 # Keep this share of the free memory for everything else.
 HEADROOM = 0.85
 
 
+# Environment variable: at most this many GB for one segmentation (a shared server, a small VM).
+LIMIT_VARIABLE = "LIVERTUMORSEG_MAX_MEMORY_GB"
+
+
 def available_bytes() -> int | None:
-    """Memory this process can still use: the smaller of the system's available memory and the
-    room left under a cgroup (container) limit; None when it cannot be told."""
+    """Memory this process can still use: the smallest of the system's available memory, the
+    room left under a cgroup (container) limit and LIVERTUMORSEG_MAX_MEMORY_GB; None when it
+    cannot be told."""
     found = []
+    try:
+        if os.environ.get(LIMIT_VARIABLE):
+            found.append(int(float(os.environ[LIMIT_VARIABLE]) * 1e9))
+    except ValueError:
+        pass
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
