@@ -464,6 +464,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lesions = table.GetNumberOfRows()
         self.ui.segmentStatusLabel.text = _("{n} lesion(s) found in {t}.").format(
             n=lesions, t=liblogic.formatMinutes(job.elapsed))
+        if job.warnings:  # e.g. a liver segment covering the whole CT, values that are not HU
+            self.ui.segmentStatusLabel.text += " " + _("Warning: {w}").format(w=job.warnings[-1])
+            self.ui.segmentStatusLabel.toolTip = "\n".join(job.warnings)
         if p is None:
             return
         self._updatingGui = True  # the threshold below comes from the model: no re-threshold

@@ -360,6 +360,8 @@ def cmd_train(args) -> int:
         raise InputError(f"--out {out} cannot be written: {reason}; choose a folder you can write to")
     if not math.isfinite(args.minutes) or args.minutes <= 0:
         raise InputError(f"--minutes {args.minutes} must be a positive number of minutes, e.g. 5")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed} must be 0 or more")
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps {args.max_steps} must be at least 1 (or leave it out for the default)")
     set_threads(args.threads)
@@ -417,6 +419,8 @@ def cmd_phantom(args) -> int:
 
     if args.cases < 1:
         raise InputError(f"--cases {args.cases}: give at least 1")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed} must be 0 or more")
     settings = PhantomSettings.small() if args.small else None
     folders = write_phantom_cases(args.out_dir, args.cases, args.seed, settings)
     print(f"{len(folders)} case(s) written to {args.out_dir}")
@@ -426,6 +430,10 @@ def cmd_phantom(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if not math.isfinite(args.minutes) or args.minutes <= 0:
+        raise InputError(f"--minutes {args.minutes} must be a positive number of minutes, e.g. 5")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed} must be 0 or more")
     run_demo(Path(args.out), seed=args.seed, minutes=args.minutes, quick=args.quick)
     return 0
 

@@ -303,7 +303,7 @@ def read_image(path, keep_integer: bool = False) -> Volume:
 MAX_SLICE_MM = 8.0
 # A liver mask filling more of the CT than this (or more than LIVER_MAX_ML) is not a liver outline.
 LIVER_MAX_FRACTION = 0.9
-LIVER_MAX_ML = 5000.0
+LIVER_MAX_ML = 8000.0  # (the largest livers are 4-6 L; an ROI box around a liver stays below this)
 # Liver parenchyma in CT is 40-200 HU (unenhanced to portal venous); far outside: not HU.
 LIVER_HU_RANGE = (-20.0, 300.0)
 
