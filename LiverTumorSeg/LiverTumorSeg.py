@@ -208,7 +208,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        # The Logic cancels a running Segment itself (its CT and output are going away).
+        # The Logic cancels the running jobs itself (Segment's CT and output are going away).
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -451,7 +451,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 segmentation, table = self.logic.finishSegment(job)
         except Cancelled:
-            self.ui.segmentStatusLabel.text = _("Segmentation cancelled; the output segmentation was not changed.")
+            self.ui.segmentStatusLabel.text = (_("Segmentation cancelled because the scene was closed.") if job.sceneClosed
+                                               else _("Segmentation cancelled; the output segmentation was not changed."))
             return
         except Exception as error:  # one line in the panel; a bug's traceback goes to the Python console only
             reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
@@ -594,7 +595,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _trainingFinished(self, job) -> None:
         if job.cancelled:
-            self.ui.trainingStatusLabel.text = _("Training cancelled; no model was written.")
+            self.ui.trainingStatusLabel.text = (_("Training cancelled because the scene was closed; no model was written.")
+                                                if job.sceneClosed else _("Training cancelled; no model was written."))
             return
         if job.error:  # one line (the command's own reason); its whole output under Details
             self.ui.trainingStatusLabel.text = _("Training failed: {error}").format(error=job.error)

@@ -247,6 +247,8 @@ REFUSALS = [
         ("invalid voxel spacing", "positive number of mm", "fix the spacing"), never_says=("give NRRD",)),
     Bad("18 a damaged image file", lambda w: ["segment", w.corrupt, "--out", w.out / "t.nrrd"],
         ("damaged", "export it again"), never_says=("give NRRD",)),
+    Bad("1 phantom into a read-only folder", lambda w: ["phantom", w.ro / "cases", "--small"],
+        ("cannot be written", "permission denied", "choose a folder"), restricted=True),
     Bad("Also: a CT too big for the free memory", lambda w: ["segment", w.ct, "--out", w.out / "t.nrrd"],
         ("needs about", "gb of memory", "0.5 gb are free", "give a liver mask (--liver)"),
         env={"LIVERTUMORSEG_MAX_MEMORY_GB": "0.5"}),

@@ -583,7 +583,7 @@ def drive(job, timeout=JOB_TIMEOUT_S, stop_after_first=False):
 
 def test_training_job_runs_to_completion(library_with_model, scene, ct, liver, phantom):
     """Also: a broken case in the library is skipped and named in the job's warnings (which the
-    panel shows), and closing the scene meanwhile does not stop Retrain (it needs no node)."""
+    panel shows)."""
     logic = library_with_model
     add_phantom_case(logic, ct, liver, phantom)
     broken = logic.libraryPath / "cases" / "case-broken"
@@ -592,7 +592,6 @@ def test_training_job_runs_to_completion(library_with_model, scene, ct, liver, p
     job = logic.startTraining(minutes=2.0, maxSteps=2, seed=1)
     assert "--init" in job.command and str(logic.libraryPath / "models" / "v001") in job.command
     assert job.outPath == logic.libraryPath / "models" / "v002"
-    scene.Clear(0)
     seen = drive(job)
     assert job.error is None and not job.cancelled and job.returncode == 0, job.log
     assert any("skipping case case-broken" in w and "repair or remove" in w for w in job.warnings), job.log
@@ -623,6 +622,24 @@ def test_training_job_cancel_stops_the_process_tree(library_with_model, ct, live
     if os.name != "nt":
         with pytest.raises(ProcessLookupError):
             os.killpg(job.pid, 0)  # no process of the group is left
+
+
+def test_closing_the_scene_cancels_retrain_cleanly(library_with_model, scene, ct, liver, phantom):
+    logic = library_with_model
+    add_phantom_case(logic, ct, liver, phantom)
+    job = logic.startTraining(minutes=30.0, maxSteps=100000)
+    seen = []
+    while not seen and not job.finished:  # once it reports progress (the Widget's bar shows a stage)
+        seen += job.poll()
+        time.sleep(0.2)
+    scene.Clear(0)
+    drive(job, timeout=120)
+    assert job.cancelled and job.sceneClosed and job.error is None, job.log
+    assert not job.outPath.exists() and not any(p.name.startswith(".") for p in job.outPath.parent.iterdir())
+    assert [m.version for m in logic.listModels()][-1] == "v001"
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(job.pid, 0)
 
 
 def test_failed_training_reports_the_cli_error(logic, ct, liver, phantom):

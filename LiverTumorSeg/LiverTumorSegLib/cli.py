@@ -417,8 +417,13 @@ def cmd_evaluate(args) -> int:
 def cmd_phantom(args) -> int:
     from .phantom import PhantomSettings, write_phantom_cases
 
+    from .fsutil import unwritable_reason
+
     if args.cases < 1:
         raise InputError(f"--cases {args.cases}: give at least 1")
+    reason = unwritable_reason(Path(args.out_dir) / "phantom-000")
+    if reason:
+        raise InputError(f"{args.out_dir} cannot be written: {reason}; choose a folder you can write to")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed} must be 0 or more")
     settings = PhantomSettings.small() if args.small else None
@@ -434,6 +439,11 @@ def cmd_demo(args) -> int:
         raise InputError(f"--minutes {args.minutes} must be a positive number of minutes, e.g. 5")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed} must be 0 or more")
+    from .fsutil import unwritable_reason
+
+    reason = unwritable_reason(Path(args.out) / "metrics.json")
+    if reason:
+        raise InputError(f"--out {args.out} cannot be written: {reason}; choose a folder you can write to")
     run_demo(Path(args.out), seed=args.seed, minutes=args.minutes, quick=args.quick)
     return 0
 

@@ -205,6 +205,7 @@ class BackgroundJob:
         self.result: dict | None = None  # the final {"stage": "done", ...} (train: with "model" and "validation")
         self.error: str | None = None
         self.cancelled = False
+        self.sceneClosed = False  # cancelled because the scene was closed
         self.finished = False
         self.returncode: int | None = None
         self.startTime = time.monotonic()
@@ -449,11 +450,12 @@ class LiverTumorSegLogic:
         return job
 
     def _onSceneStartClose(self, caller=None, event=None) -> None:
-        """The scene is being closed: a running Segment is cancelled (its CT and output are going
-        away; finishSegment then raises Cancelled and removes its scratch folder). Retrain reads
-        only the case library, so it goes on."""
+        """The scene is being closed: running jobs are cancelled (issue 10: closing the scene
+        ends the session's work). Segment's CT and output are going away (finishSegment then
+        raises Cancelled and removes its scratch folder); Retrain writes no model. Each job's
+        `sceneClosed` says why, for the panel."""
         for job in getattr(self, "_jobs", []):
-            if isinstance(job, SegmentJob) and not job.finished:
+            if not job.finished:
                 job.sceneClosed = True
                 job.cancel()
 
@@ -675,7 +677,7 @@ class LiverTumorSegLogic:
             raise InputError("the segmentation is still running; wait for it to finish (or cancel it)")
         try:
             if job.cancelled:
-                if getattr(job, "sceneClosed", False):
+                if job.sceneClosed:
                     raise Cancelled("segmentation was cancelled because the scene was closed")
                 raise Cancelled("segmentation was cancelled; the output segmentation was not changed")
             if job.error:
