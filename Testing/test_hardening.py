@@ -394,8 +394,10 @@ def test_row16_temps_of_a_killed_save_are_cleaned_by_the_next_save(tmp_path):
         live.mkdir()
         other_host = models / f".v003{fsutil.TEMP_MARK}otherhost-{dead_pid()}-ijkl9012"
         other_host.mkdir()
+        stale_file = models / f".ACTIVE{fsutil.TEMP_MARK}{host}-{dead_pid()}-mnop3456"  # a killed plain write
+        stale_file.write_text("v00")
         save_model(load_model(default_model_path()), models / "v004")
-        assert not stale.exists()
+        assert not stale.exists() and not stale_file.exists()
         assert live.exists() and other_host.exists()  # still being written / not ours to judge
         assert (models / "v004" / "model.pt").is_file()
     finally:
