@@ -183,6 +183,16 @@ def test_roi_as_the_liver_region(logic, scene, ct, phantom, tiny_model):
     assert logic.tumorSegmentId(segmentation)
 
 
+def test_segment_too_big_for_the_free_memory_is_refused_before_any_work(logic, scene, ct, liver, tiny_model,
+                                                                         monkeypatch):
+    """In Slicer's own process running out of memory would end Slicer: refused up front instead."""
+    monkeypatch.setenv("LIVERTUMORSEG_MAX_MEMORY_GB", "0.5")
+    before = count_nodes(scene)
+    with pytest.raises(InputError, match="needs about .* GB of memory and 0.5 GB are free"):
+        logic.segment(ct, *liver, model=tiny_model)
+    assert count_nodes(scene) == before
+
+
 def test_missing_inputs_are_input_errors(logic, ct, liver, tiny_model, scene):
     with pytest.raises(InputError, match="no CT"):
         logic.segment(None, *liver, model=tiny_model)

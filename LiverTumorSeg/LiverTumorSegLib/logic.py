@@ -597,6 +597,7 @@ class LiverTumorSegLogic:
         image = mrml.volume_from_node(ctNode)
         liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
         trained = self.loadModel(model)
+        self._checkMemory(image, liver, trained)  # in this process: running out would end Slicer itself
         result = run_segment(image, liver, trained, threshold=threshold, progress=progress)
         modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
         return self._putResult(
@@ -702,6 +703,22 @@ class LiverTumorSegLogic:
             )
         finally:
             job.cleanup()
+
+    @staticmethod
+    def _checkMemory(image, liver, trained) -> None:
+        """InputError when segmenting would not fit in the free memory (memory.py)."""
+        from .memory import memory_problem
+        from .preprocess import liver_box
+
+        settings = getattr(trained, "feature_settings", None)
+        margin, work = (settings.margin_mm, settings.spacing_mm) if settings is not None else (12.0, 2.0)
+        box = None
+        if liver is not None:
+            z0, z1, y0, y1, x0, x1 = liver_box(liver, image.shape, image.spacing_zyx, margin)
+            box = (z1 - z0, y1 - y0, x1 - x0)
+        problem = memory_problem(image.shape, image.spacing_zyx, box, work_mm=work)
+        if problem:
+            raise InputError(problem.replace("give a liver mask (--liver)", "choose the liver segment"))
 
     def _checkOutput(self, ctNode, outputSegmentationNode) -> None:
         if outputSegmentationNode is not None and outputSegmentationNode.GetTransformNodeID() != ctNode.GetTransformNodeID():
