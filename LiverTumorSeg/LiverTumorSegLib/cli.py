@@ -239,6 +239,7 @@ def cmd_segment(args) -> int:
     from .fsutil import StagedOutputs
     from .inference import segment
     from .lesions import write_lesion_csv
+    from .memory import memory_problem
 
     # Every output checked before any work: nothing of the user's replaced, nothing written half.
     out = check_output(args.out, args.overwrite)
@@ -250,6 +251,11 @@ def cmd_segment(args) -> int:
         raise InputError(f"--threshold {args.threshold} is outside (0, 1); use e.g. 0.5")
     set_threads(args.threads)
     model = load_model_arg(args.model)
+    header = None if args.liver else lio.image_header(args.image)
+    if header:  # the whole CT will be searched: refused before its voxels are even read
+        problem = memory_problem(*header, None, work_mm=model.feature_settings.spacing_mm)
+        if problem:
+            raise InputError(problem)
     image = lio.read_image(args.image, keep_integer=True)
     if args.liver:
         liver = lio.read_liver_mask(args.liver, reference=image)

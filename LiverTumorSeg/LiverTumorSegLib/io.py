@@ -278,6 +278,24 @@ def _warn_if_not_hu(array: np.ndarray, path: Path, eight_bit: bool) -> None:
         )
 
 
+def image_header(path) -> tuple[tuple, tuple] | None:
+    """(shape z, y, x; spacing z, y, x mm) of an image file from its header alone, without
+    reading the voxels; None for a folder or a header that cannot be read (read_image says why)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    if len(size) < 3:
+        return None
+    return tuple(int(n) for n in size[:3][::-1]), tuple(float(s) for s in spacing[:3][::-1])
+
+
 def read_image(path, keep_integer: bool = False) -> Volume:
     """A CT volume in HU as float32 (z, y, x) from an image file or a DICOM series folder.
     keep_integer: integer voxels stay in their (smaller) integer type, e.g. int16: half the
@@ -756,6 +774,7 @@ def is_segmentation_file(path) -> bool:
 
 __all__ = [
     "CASE_SEGMENTS", "LIVER_SEGMENT", "TUMOR_SEGMENT", "Labels", "SegmentInfo", "coverage_of", "describe_geometry",
+    "image_header",
     "is_segmentation_file", "labels_on_grid", "read_image", "read_labels", "read_labels_kind", "read_liver_mask",
     "slice_spacing_problem", "warn_if_implausible_ct",
     "read_segmentation", "resample_labels", "terminology_entry", "write_image", "write_labelmap",
