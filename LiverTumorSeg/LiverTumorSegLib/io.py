@@ -322,8 +322,9 @@ MAX_SLICE_MM = 8.0
 # A liver mask filling more of the CT than this (or more than LIVER_MAX_ML) is not a liver outline.
 LIVER_MAX_FRACTION = 0.9
 LIVER_MAX_ML = 8000.0  # (the largest livers are 4-6 L; an ROI box around a liver stays below this)
-# Liver parenchyma in CT is 40-200 HU (unenhanced to portal venous); far outside: not HU.
-LIVER_HU_RANGE = (-20.0, 300.0)
+# Liver parenchyma in CT is 40-200 HU (unenhanced to portal venous), down to about -50 HU in
+# severe steatosis; far outside this range the values are not HU.
+LIVER_HU_RANGE = (-100.0, 300.0)
 
 
 def warn_if_implausible_ct(image: Volume, liver: np.ndarray | None, name: str) -> None:
@@ -343,7 +344,7 @@ def warn_if_implausible_ct(image: Volume, liver: np.ndarray | None, name: str) -
         level = float(np.median(_sample(image.array[sub][liver[sub]].reshape(1, 1, -1))))
         if not LIVER_HU_RANGE[0] <= level <= LIVER_HU_RANGE[1]:
             warnings.warn(
-                f"{name}: the liver's median value is {level:g}, where a CT liver is 40-200 HU; this image is not "
+                f"{name}: the liver's median value is {level:g}, where a CT liver is -50 (fatty) to 200 HU; this image is not "
                 "CT in Hounsfield units (an MR, or rescaled values?), so the result will be wrong"
             )
         return
