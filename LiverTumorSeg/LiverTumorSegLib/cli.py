@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    warnings.simplefilter("default")
+    warnings.filterwarnings("default", category=UserWarning, append=True)  # (a caller's own filters come first)
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo}
     try:
