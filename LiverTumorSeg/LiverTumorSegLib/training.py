@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .modelstore import TrainedModel
-from .patches import CaseSampler, PatchSettings, draw_batch, polarity_plan
+from .patches import CaseSampler, PatchSettings, draw_batch, lesion_weights, polarity_plan
 from .preprocess import FeatureSettings, Prepared, prepare_case
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
@@ -66,7 +66,10 @@ class TrainSettings:
     check_cases held-out phantoms and on the user's validation pieces (meta "parent_check");
     a child more than PARENT_TOLERANCE below its parent on either is marked worse.
     fine_tune_freeze_bn: when fine-tuning, keep the parent's batch-norm statistics (the few new
-    cases then shift only the weights, not the normalisation every layer relies on)."""
+    cases then shift only the weights, not the normalisation every layer relies on).
+    lesion_weight_gamma: weight of each tumor voxel in the loss by its tumor's size
+    (patches.lesion_weights; 0 = every voxel alike, 1 = every tumor under 20 mm weighs as much as
+    a 20 mm one)."""
 
     seed: int = 0
     minutes: float = 5.0
@@ -95,12 +98,15 @@ class TrainSettings:
     rehearsal_cases: int = 6
     check_cases: int = 3
     fine_tune_freeze_bn: bool = False
+    lesion_weight_gamma: float = 0.0
 
     def __post_init__(self):
         if self.minutes <= 0 or self.max_steps < 1:
             raise InputError("the training budget needs minutes > 0 and max_steps >= 1")
         if self.patch_size % 8 or self.patch_size < 16:
             raise InputError(f"patch_size {self.patch_size} must be a multiple of 8, at least 16")
+        if not 0.0 <= self.lesion_weight_gamma <= 2.0:
+            raise InputError(f"lesion_weight_gamma {self.lesion_weight_gamma} must be between 0 and 2 (0 = off)")
         if self.rehearsal_cases < 0 or self.check_cases < 0:
             raise InputError("rehearsal_cases and check_cases must be 0 or more")
         if self.synthetic_copies < 0:
@@ -166,8 +172,10 @@ def train_model(
     split = _split_validation(prepared, settings, rng)
     hard = features.channel_names.index("hessian_dark") if "hessian_dark" in features.channel_names else None
     flip_plan = polarity_plan(features.channel_names)
+    gamma, spacing = settings.lesion_weight_gamma, features.spacing_mm
     samplers = [
-        CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), split.allowed.get(i), hard, flip_plan)
+        CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), split.allowed.get(i), hard, flip_plan,
+                    lesion_weights(p.tumor, spacing, gamma))
         for i, p in enumerate(prepared)
         if i in split.train
     ]
@@ -176,7 +184,8 @@ def train_model(
     if init is not None:
         extra += _rehearsal_prepared(settings, features, clock)
     for p in extra:
-        samplers.append(CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), None, hard, flip_plan))
+        samplers.append(CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), None, hard, flip_plan,
+                                    lesion_weights(p.tumor, spacing, gamma)))
     network, spec = _initial_network(settings, features, init)
     lr = settings.lr * (settings.fine_tune_lr_factor if init is not None else 1.0)
     val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
@@ -458,9 +467,10 @@ class _EMA:
 
 
 def dice_bce_loss(logits, target, weight, per_patch: bool = False):
-    """Soft Dice + BCE, both over voxels with weight 1 (the liver); a batch (or patch) without
-    tumor still pays for false positives through the Dice denominator. per_patch: Dice per patch,
-    averaged, so a patch around a 6 mm tumor weighs as much as one inside a 60 mm tumor."""
+    """Soft Dice + BCE, both over the voxels with weight > 0 (the liver), weighted (tumor voxels
+    may weigh more: patches.lesion_weights); a batch (or patch) without tumor still pays for false
+    positives through the Dice denominator. per_patch: Dice per patch, averaged, so a patch
+    around a 6 mm tumor weighs as much as one inside a 60 mm tumor."""
     import torch
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
