@@ -119,3 +119,37 @@ def test_method_changes_tiny_writes_every_variant_of_the_chain_by_size(tmp_path)
             assert sum(n for _, n in numbers["lesions_by_size"].values()) == counted
     for variant in result["variants"]:
         assert variant["steps"] == 2
+
+
+def test_visibility_measures_contrast_noise_and_scan_edge_of_each_tumor():
+    """small_tumor_visibility.tumor_visibility on a hand-made CT with known answers."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from small_tumor_visibility import band, found_by, tumor_visibility
+    finally:
+        sys.path.remove(str(BENCH))
+    import numpy as np
+
+    from LiverTumorSegLib.volume import Volume
+
+    shape, spacing = (40, 60, 60), (2.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    hu = (100.0 + 10.0 * rng.standard_normal(shape)).astype(np.float32)
+    z, y, x = np.indices(shape)
+    liver = (y > 5) & (y < 55) & (x > 5) & (x < 55)
+    dark = ((z - 20) * 2.0) ** 2 + (y - 20.0) ** 2 + (x - 20.0) ** 2 <= 4.0**2
+    bright = ((z - 1) * 2.0) ** 2 + (y - 40.0) ** 2 + (x - 40.0) ** 2 <= 3.0**2
+    hu[dark] -= 30.0
+    hu[bright] += 50.0
+    labels = liver.astype(np.uint8)
+    labels[dark | bright] = 2
+    image = Volume(hu, spacing[::-1], (0.0, 0.0, 0.0), np.eye(3).ravel().tolist())
+    rows, components = tumor_visibility(image, Volume(labels, spacing[::-1], (0.0, 0.0, 0.0), np.eye(3).ravel().tolist()))
+    rows = sorted(rows, key=lambda r: r["contrast_hu"])
+    assert [r["polarity"] for r in rows] == ["hypo", "hyper"]
+    assert abs(rows[0]["contrast_hu"] + 30) < 4 and abs(rows[1]["contrast_hu"] - 50) < 6
+    assert all(7 < r["noise_hu"] < 13 for r in rows)
+    assert 2.2 < rows[0]["cnr"] < 4.5 and band(rows[0]["cnr"]) == "CNR >= 2" and band(0.5) == "CNR < 1"
+    assert rows[1]["scan_edge_mm"] == 0.0 and rows[0]["scan_edge_mm"] >= 30.0  # the bright one touches slice 0
+    assert 7.0 < rows[0]["diameter_mm"] < 9.5 and rows[0]["size_bin"] == "5-10mm"
+    assert found_by(dark, components, 2).count(True) == 1
