@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=default_model_path(), help="model folder to (re)write")
     parser.add_argument("--no-small", action="store_true", help="without the small-tumor phantoms and synthetic sets")
     parser.add_argument("--no-fine-hessian", action="store_true", help="without the fine blob channels")
+    parser.add_argument("--lesion-weight", type=float, default=0.0, metavar="GAMMA",
+                        help="weight tumor voxels by tumor size in the loss (TrainSettings.lesion_weight_gamma; default 0 = off)")
     parser.add_argument("--evaluate-only", type=Path, metavar="MODEL",
                         help="train nothing: evaluate this model folder on the held-out sets (by size) and print JSON")
     args = parser.parse_args()
@@ -98,7 +100,8 @@ def main() -> int:
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0
     features = FeatureSettings(fine_hessian_mm=None) if args.no_fine_hessian else FeatureSettings()
-    settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps, features=features)
+    settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps, features=features,
+                             lesion_weight_gamma=args.lesion_weight)
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()
     try:
