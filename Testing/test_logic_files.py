@@ -95,3 +95,13 @@ def test_load_case_from_the_library(logic, totalseg_dir):
     ct2, liver2, liver2Id = logic.loadCase(caseId)
     assert np.array_equal(mrml.volume_from_node(ct2).array, mrml.volume_from_node(ct).array)
     assert np.array_equal(mrml.segment_to_mask(liver2, liver2Id, ct2), mrml.segment_to_mask(liverNode, liverId, ct))
+
+
+def test_lesion_rows_for_a_front_end_table(logic, totalseg_dir):
+    assert logic.lesionRows(None) == ([], [])
+    ct = logic.loadVolume(totalseg_dir / "example_ct_sm.nii.gz")
+    liverNode, liverId = logic.loadLiverSegmentation(totalseg_dir / "example_ct_sm_liver.nii.gz", ct)
+    segmentation, table = logic.segment(ct, liverNode, liverId)
+    header, rows = logic.lesionRows(table)
+    assert header[:2] == ["Lesion", "Volume"] and "Centroid R" in header
+    assert len(rows) == table.GetNumberOfRows()

@@ -803,6 +803,12 @@ class LiverTumorSegLogic:
     def lesionTableNode(self, segmentationNode):
         return segmentationNode.GetNodeReference(mrml.TABLE_ROLE) if segmentationNode else None
 
+    def lesionRows(self, tableNode) -> tuple[list[str], list[list]]:
+        """(column titles, rows) of a lesion table node, for a front end that draws its own table."""
+        if tableNode is None:
+            return [], []
+        return mrml.table_rows(tableNode)
+
     def lesionCentroid(self, tableNode, row: int) -> tuple[float, float, float]:
         """RAS centre (mm) of the lesion in a table row."""
         header, rows = mrml.table_rows(tableNode)
