@@ -105,3 +105,16 @@ def test_lesion_rows_for_a_front_end_table(logic, totalseg_dir):
     header, rows = logic.lesionRows(table)
     assert header[:2] == ["Lesion", "Volume"] and "Centroid R" in header
     assert len(rows) == table.GetNumberOfRows()
+
+
+def test_remove_nodes_takes_a_result_with_its_map_and_table(logic, totalseg_dir):
+    ct = logic.loadVolume(totalseg_dir / "example_ct_sm.nii.gz")
+    liverNode, liverId = logic.loadLiverSegmentation(totalseg_dir / "example_ct_sm_liver.nii.gz", ct)
+    segmentation, table = logic.segment(ct, liverNode, liverId)
+    probability = logic.probabilityNode(segmentation)
+    logic.removeNodes(segmentation, None, liverNode)
+    for node in (segmentation, table, probability, liverNode):
+        assert node.GetScene() is None
+    assert ct.GetScene() is logic.scene
+    logic.removeNodes(segmentation, ct)  # already removed: skipped
+    assert logic.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0

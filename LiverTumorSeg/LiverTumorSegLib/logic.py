@@ -957,6 +957,18 @@ class LiverTumorSegLogic:
                                        color=lio.LIVER_SEGMENT.color, terminology=lio.LIVER_SEGMENT.terminology)
         return ctNode, node, segmentId
 
+    def removeNodes(self, *nodes) -> None:
+        """Take inputs or results out of the scene (a front end replacing its CT); a Segment
+        result goes with its kept probability map and lesion table. None and removed nodes are skipped."""
+        for node in nodes:
+            if node is None or node.GetScene() is None:
+                continue
+            if node.IsA("vtkMRMLSegmentationNode"):
+                for kept in (self.probabilityNode(node), self.lesionTableNode(node)):
+                    if kept is not None and kept.GetScene() is not None:
+                        self.scene.RemoveNode(kept)
+            self.scene.RemoveNode(node)
+
     def exportResult(self, segmentationNode, folder, baseName="result") -> dict:
         """Write the tumor segment as it is now (with the user's corrections) the way the command
         line writes a result: `<base>.seg.nrrd` (Slicer segmentation), `<base>-labelmap.nrrd`
