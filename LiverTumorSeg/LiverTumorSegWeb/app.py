@@ -192,20 +192,10 @@ class LiverTumorSegWebApp(TrameApp):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _removeNodes(self, *nodes) -> None:
-        """Drop a previous input or result from the scene (a new CT replaces the old one)."""
-        for node in nodes:
-            if node is not None and node.GetScene() is not None:
-                for role in (liblogic.mrml.PROBABILITY_ROLE, liblogic.mrml.TABLE_ROLE):
-                    other = node.GetNodeReference(role) if hasattr(node, "GetNodeReference") else None
-                    if other is not None:
-                        self.slicer.scene.RemoveNode(other)
-                self.slicer.scene.RemoveNode(node)
-
     def _setInputs(self, ct, liver) -> None:
         self.slicer.segmentation_editor.deactivate_effect()
-        self._removeNodes(self.output, self.liver[0] if self.liver else None,
-                          self.ct if ct is not self.ct else None)
+        self.logic.removeNodes(self.output, self.liver[0] if self.liver else None,
+                               self.ct if ct is not self.ct else None)
         self.ct, self.liver, self.output = ct, liver, None
         self.state.lts_ct_name = ct.GetName() if ct is not None else ""
         self.state.lts_liver_name = liver[0].GetName() if liver else ""
