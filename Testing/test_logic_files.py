@@ -118,3 +118,17 @@ def test_remove_nodes_takes_a_result_with_its_map_and_table(logic, totalseg_dir)
     assert ct.GetScene() is logic.scene
     logic.removeNodes(segmentation, ct)  # already removed: skipped
     assert logic.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+def test_background_segment_takes_the_threads_it_is_given(logic, totalseg_dir):
+    import os
+
+    ct = logic.loadVolume(totalseg_dir / "example_ct_sm.nii.gz")
+    liverNode, liverId = logic.loadLiverSegmentation(totalseg_dir / "example_ct_sm_liver.nii.gz", ct)
+    for given, expected in ((None, max(1, (os.cpu_count() or 2) - 1)), (2, 2), (0, 1)):
+        job = logic.startSegment(ct, liverNode, liverId, threads=given)
+        try:
+            assert int(job.command[job.command.index("--threads") + 1]) == expected
+        finally:
+            job.stop()
+    assert not logic.runningJobs()

@@ -616,6 +616,7 @@ class LiverTumorSegLogic:
         outputSegmentationNode=None,
         replaceEdited=False,
         showProbability=False,
+        threads=None,
     ) -> SegmentJob:
         """`segment` in a background process (`livertumorseg segment`), so the GUI never waits.
 
@@ -624,6 +625,7 @@ class LiverTumorSegLogic:
         its result into the scene the way `segment` does. `model` is None (active), a version
         name or a model folder. `job.poll()` returns its progress dicts (stages prepare, network,
         postprocess, done; `describeProgress(info, job.stageSpans)` for a progress bar).
+        `threads`: torch threads of the job (default: all cores but one, left to the GUI).
         """
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
@@ -648,7 +650,7 @@ class LiverTumorSegLogic:
                 pythonExecutable(), "-m", "LiverTumorSegLib", "segment", str(folder / "image.nrrd"),
                 "--out", str(folder / "tumor.nrrd"), "--prob", str(folder / "prob.nrrd"),
                 "--model", str(modelFolder.resolve()), "--threshold", f"{threshold:.17g}",
-                "--progress-json", "--threads", str(_backgroundThreads()),
+                "--progress-json", "--threads", str(_backgroundThreads() if threads is None else max(1, int(threads))),
             ]
             if liver is not None:
                 sitk.WriteImage(image.with_array(liver.astype(np.uint8)).to_sitk(), str(folder / "liver.nrrd"), False)
