@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -70,7 +71,8 @@ class LiverTumorSegWebApp(TrameApp):
 
         register_rca_factories(self.slicer.view_manager, self.server)
         self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
-        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
+        quad = LayoutManager.default_grid_configuration()["Quad View"]  # three slice views and 3D, as Slicer's
+        self.layoutManager.register_layout_dict({"Quad View": quad})
         self.layoutManager.set_layout("Quad View")
         self.editorLogic = SegmentEditorLogic(self.server, self.slicer)
         self.slicer.segmentation_editor.segmentation_modified.connect(self._onSegmentationModified)
@@ -267,8 +269,10 @@ class LiverTumorSegWebApp(TrameApp):
             return
         try:
             liverNode, liverId = self.liver if self.liver else (None, None)
+            # All cores: the widget leaves one to Slicer's GUI; this server only polls and renders on demand.
             self.segmentJob = self.logic.startSegment(self.ct, liverNode, liverId, outputSegmentationNode=self.output,
-                                                      replaceEdited=bool(self.state.lts_replace_edits))
+                                                      replaceEdited=bool(self.state.lts_replace_edits),
+                                                      threads=os.cpu_count() or 1)
         except Exception as error:  # noqa: BLE001
             self._fail("Could not start the segmentation", error)
             return
