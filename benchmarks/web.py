@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,11 +66,21 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.started = time.monotonic()
+        self.ready = None  # seconds from start to the server's "LiverTumorSeg web: URL" line
+        threading.Thread(target=self._watch, daemon=True).start()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "LiverTumorSegLib", "web", "--port", str(self.port), "--library", str(library)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=PACKAGE_PARENT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(PACKAGE_PARENT)},
         )
+
+    def _watch(self) -> None:
+        """Note when the server says it listens (the page is built by then)."""
+        while self.ready is None and self.process.poll() is None:
+            if "LiverTumorSeg web: " in Path(self.log.name).read_text(errors="replace"):
+                self.ready = time.monotonic() - self.started
+                return
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -94,6 +105,10 @@ def open_page(browser, server: Server, timeout_s: float = 120.0):
             if time.monotonic() > deadline or server.process.poll() is not None:
                 raise
             time.sleep(0.05)
+
+
+ALL_VIEWS_SHOWN = ("document.querySelectorAll('#lts-views img').length == 4 && Array.from(document.querySelectorAll("
+                   "'#lts-views img')).every(i => i.complete && i.naturalWidth > 0)")
 
 
 def wait_message(page, text: str, timeout_s: float) -> str:
@@ -133,17 +148,24 @@ def main(argv=None) -> dict:
     result["machine"] = machine()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        first_pages = []
+        first_pages, readies, views = [], [], []
         for i in range(args.starts):
             server = Server(library)
             try:
                 page = open_page(browser, server)
                 first_pages.append(round(time.monotonic() - server.started, 2))
-                log(f"first page {i + 1}: {first_pages[-1]:.2f} s after start")
+                readies.append(round(server.ready, 2) if server.ready is not None else None)
+                page.wait_for_function(ALL_VIEWS_SHOWN, timeout=60000)
+                views.append(round(time.monotonic() - server.started, 2))
+                log(f"first page {i + 1}: {first_pages[-1]:.2f} s after start (server listening at {readies[-1]} s, "
+                    f"four views drawn at {views[-1]:.2f} s)")
                 page.close()
             finally:
                 server.stop()
-        result["first_page_s"] = {"runs": first_pages, "median": statistics.median(first_pages)}
+        result["first_page_s"] = {"runs": first_pages, "median": statistics.median(first_pages),
+                                  "server_listening_runs": readies, "views_drawn_runs": views,
+                                  "views_drawn_median": statistics.median(views)}
+        result["load_average_after_starts"] = [round(v, 2) for v in os.getloadavg()]
 
         cli_times, web_times, memory = [], [], {}
         server = Server(library)
@@ -167,6 +189,7 @@ def main(argv=None) -> dict:
                 web_times.append(round(time.monotonic() - start, 2))
                 log(f"browser: {web_times[-1]:.1f} s ({shown})")
             memory["after_segment"] = memory_mib(server.process.pid)
+            result["load_average_after_segments"] = [round(v, 2) for v in os.getloadavg()]
         finally:
             server.stop()
         browser.close()

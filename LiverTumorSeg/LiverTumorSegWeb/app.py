@@ -206,8 +206,6 @@ class LiverTumorSegWebApp(TrameApp):
         if ct is not None:
             self.slicer.display_manager.show_volume_in_slice_background(ct)
             self.slicer.display_manager.reset_views()
-        if liver:
-            self.slicer.segmentation_editor.set_active_segmentation(liver[0], ct)
 
     async def onUploadCt(self, files) -> None:
         if self.segmentJob is not None:
