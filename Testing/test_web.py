@@ -212,13 +212,14 @@ def test_the_whole_loop_in_the_browser(page, server, case, tmp_path):
         page.screenshot(path=screenshot)
     assert not_blank(tmp_path / "page-segmented.png")
 
-    # Correct: the Paint tool on the tumor segment, one click in the axial view (bottom right).
+    # Correct: the Paint tool on the tumor segment, a short stroke in the axial view (bottom right),
+    # below the lesion the views are centred on (inside the CT, beside the tumor: new tumor voxels).
     page.locator("#lts-editor button:has(i.mdi-brush)").first.click()
     axial = page.locator("#lts-views img").nth(3)
     box = axial.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.45)
+    page.mouse.move(box["x"] + box["width"] * 0.50, box["y"] + box["height"] * 0.64)
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.37, box["y"] + box["height"] * 0.46, steps=4)
+    page.mouse.move(box["x"] + box["width"] * 0.53, box["y"] + box["height"] * 0.65, steps=4)
     page.mouse.up()
     page.wait_for_selector("#lts-tumor-status:has-text('corrected (edited')", timeout=20000)
     page.locator("#lts-editor button:has(i.mdi-cursor-default)").first.click()  # paint off
