@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--small", action="store_true", help="small, fast phantoms (for tests and quick looks)")
 
+    p = sub.add_parser("web", help="the Slicer panel's workflow in a web browser (trame-slicer; single user)")
+    p.add_argument("--library", help="case library folder (default: %s)" % "~/.livertumorseg/library")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this computer only; another needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than loopback: anyone who reaches it can read and change your library")
+
     p = sub.add_parser("demo", help="end to end: phantoms -> train on a few tumors -> segment held-out cases")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=0)
@@ -92,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("default", category=UserWarning, append=True)  # (a caller's own filters come first)
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
-    commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo}
+    commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
+                "web": cmd_web}
     try:
         return commands[args.command](args) or 0
     except InputError as exc:
@@ -451,6 +460,42 @@ def cmd_demo(args) -> int:
     if reason:
         raise InputError(f"--out {args.out} cannot be written: {reason}; choose a folder you can write to")
     run_demo(Path(args.out), seed=args.seed, minutes=args.minutes, quick=args.quick)
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_web(args) -> int:
+    """`livertumorseg web`: serve the web front end (LiverTumorSegWeb, imported only here)."""
+    from LiverTumorSegWeb import missing_modules
+
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} must be between 0 and 65535")
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            raise InputError(f"--host {args.host} would serve the app (and your case library) beyond this computer; "
+                             "pass --allow-remote as well if that is what you want")
+        print(f"warning: serving on {args.host}: anyone who can reach port {args.port} can see the images and change "
+              "the case library (no login, no encryption)", file=sys.stderr)
+    missing = missing_modules()
+    if missing:
+        raise InputError(f"the web front end needs {', '.join(missing)}, which is not installed; "
+                         "install it with `make venv` (or pip install -r requirements.txt)")
+    from .logic import defaultLibraryPath
+    from LiverTumorSegWeb.app import serve
+
+    library = Path(args.library).expanduser() if args.library else defaultLibraryPath()
+    serve(library, host=args.host, port=args.port,
+          ready=lambda url: print(f"LiverTumorSeg web: {url} (library {library}); Ctrl+C stops it", flush=True))
     return 0
 
 

@@ -617,6 +617,7 @@ class LiverTumorSegLogic:
         outputSegmentationNode=None,
         replaceEdited=False,
         showProbability=False,
+        threads=None,
     ) -> SegmentJob:
         """`segment` in a background process (`livertumorseg segment`), so the GUI never waits.
 
@@ -625,6 +626,7 @@ class LiverTumorSegLogic:
         its result into the scene the way `segment` does. `model` is None (active), a version
         name or a model folder. `job.poll()` returns its progress dicts (stages prepare, network,
         postprocess, done; `describeProgress(info, job.stageSpans)` for a progress bar).
+        `threads`: torch threads of the job (default: all cores but one, left to the GUI).
         """
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
@@ -649,7 +651,7 @@ class LiverTumorSegLogic:
                 pythonExecutable(), "-m", "LiverTumorSegLib", "segment", str(folder / "image.nrrd"),
                 "--out", str(folder / "tumor.nrrd"), "--prob", str(folder / "prob.nrrd"),
                 "--model", str(modelFolder.resolve()), "--threshold", f"{threshold:.17g}",
-                "--progress-json", "--threads", str(_backgroundThreads()),
+                "--progress-json", "--threads", str(_backgroundThreads() if threads is None else max(1, int(threads))),
             ]
             if liver is not None:
                 sitk.WriteImage(image.with_array(liver.astype(np.uint8)).to_sitk(), str(folder / "liver.nrrd"), False)
@@ -820,6 +822,12 @@ class LiverTumorSegLogic:
     def lesionTableNode(self, segmentationNode):
         return segmentationNode.GetNodeReference(mrml.TABLE_ROLE) if segmentationNode else None
 
+    def lesionRows(self, tableNode) -> tuple[list[str], list[list]]:
+        """(column titles, rows) of a lesion table node, for a front end that draws its own table."""
+        if tableNode is None:
+            return [], []
+        return mrml.table_rows(tableNode)
+
     def lesionCentroid(self, tableNode, row: int) -> tuple[float, float, float]:
         """RAS centre (mm) of the lesion in a table row."""
         header, rows = mrml.table_rows(tableNode)
@@ -932,6 +940,80 @@ class LiverTumorSegLogic:
     def removeCase(self, caseId: str) -> None:
         self.library.remove_case(caseId)
 
+    # ---- files: loading inputs and writing results (Slicer has Add Data and Save; a front end
+    # without them, such as the web app, loads and downloads through these) ------------------
+    def loadVolume(self, path, name=None):
+        """A CT file (.nrrd, .nii(.gz), .mha/.mhd) or DICOM series folder as a new volume node.
+
+        Read by the engine's reader, so a bad file fails with the command line's own message
+        (InputError: a PNG, a 2D image, a colour image, a non-uniform DICOM series...)."""
+        from . import io as lio
+
+        image = lio.read_image(path, keep_integer=True)
+        return mrml.add_volume_node(self.scene, image, name or _stemOf(path))
+
+    def loadLiverSegmentation(self, path, ctNode, name=None):
+        """A liver mask file (any nonzero voxel is liver; LiTS labels and Slicer .seg.nrrd with a
+        liver segment work as is) as a new segmentation node on the CT's grid; returns
+        (segmentationNode, liverSegmentId)."""
+        from . import io as lio
+
+        mask = lio.read_liver_mask(path, reference=mrml.volume_from_node(ctNode))
+        node = mrml.new_segmentation_node(self.scene, ctNode, name or f"{ctNode.GetName()} liver")
+        segmentId = mrml.write_segment(node, mask, ctNode, name=lio.LIVER_SEGMENT.name, color=lio.LIVER_SEGMENT.color,
+                                       terminology=lio.LIVER_SEGMENT.terminology)
+        return node, segmentId
+
+    def loadCase(self, caseId: str):
+        """A library case's CT and liver (liver and tumor labels) into the scene, to segment it
+        again; returns (ctNode, liverSegmentationNode, liverSegmentId)."""
+        from . import io as lio
+
+        image, labels = self.library.load_case(caseId)
+        ctNode = mrml.add_volume_node(self.scene, image, f"case {caseId}")
+        node = mrml.new_segmentation_node(self.scene, ctNode, f"case {caseId} liver")
+        segmentId = mrml.write_segment(node, labels.array > 0, ctNode, name=lio.LIVER_SEGMENT.name,
+                                       color=lio.LIVER_SEGMENT.color, terminology=lio.LIVER_SEGMENT.terminology)
+        return ctNode, node, segmentId
+
+    def removeNodes(self, *nodes) -> None:
+        """Take inputs or results out of the scene (a front end replacing its CT); a Segment
+        result goes with its kept probability map and lesion table. None and removed nodes are skipped."""
+        for node in nodes:
+            if node is None or node.GetScene() is None:
+                continue
+            if node.IsA("vtkMRMLSegmentationNode"):
+                for kept in (self.probabilityNode(node), self.lesionTableNode(node)):
+                    if kept is not None and kept.GetScene() is not None:
+                        self.scene.RemoveNode(kept)
+            self.scene.RemoveNode(node)
+
+    def exportResult(self, segmentationNode, folder, baseName="result") -> dict:
+        """Write the tumor segment as it is now (with the user's corrections) the way the command
+        line writes a result: `<base>.seg.nrrd` (Slicer segmentation), `<base>-labelmap.nrrd`
+        (uint8, 1 = tumor) and `<base>-lesions.csv` (the lesion table, measured on that segment).
+        Returns {"segmentation", "labelmap", "lesions"} -> path."""
+        from . import io as lio
+        from .lesions import lesion_table, write_lesion_csv
+
+        segmentId = self.tumorSegmentId(segmentationNode)
+        ctNode = segmentationNode.GetNodeReference(mrml.CT_ROLE) if segmentationNode else None
+        if segmentId is None or ctNode is None:
+            raise InputError("there is no tumor result to save; run Segment first")
+        ct = mrml.volume_from_node(ctNode)
+        mask = mrml.segment_to_mask(segmentationNode, segmentId, ctNode)
+        probabilityNode = self.probabilityNode(segmentationNode)
+        probability = mrml.volume_from_node(probabilityNode).array if probabilityNode is not None else None
+        tumor = ct.with_array(mask.astype(np.uint8))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"segmentation": folder / f"{baseName}.seg.nrrd", "labelmap": folder / f"{baseName}-labelmap.nrrd",
+                 "lesions": folder / f"{baseName}-lesions.csv"}
+        lio.write_segmentation(paths["segmentation"], tumor, [lio.TUMOR_SEGMENT])
+        lio.write_labelmap(tumor, paths["labelmap"])
+        write_lesion_csv(lesion_table(mask, ct, probability), paths["lesions"])
+        return paths
+
     # ---- training ------------------------------------------------------------------------
     def trainingCommand(self, outPath, minutes=5.0, maxSteps=None, seed=0, initVersion=None) -> list[str]:
         """`python -m LiverTumorSegLib train LIBRARY --out NEW --init ACTIVE --progress-json ...`."""
@@ -971,3 +1053,12 @@ class LiverTumorSegLogic:
         job = self.startTraining(minutes, maxSteps, seed, initVersion)
         job.wait(timeout=timeout, progress=progress)
         return ModelInfo.from_folder(job.outPath)
+
+
+def _stemOf(path) -> str:
+    """A node name from a file or folder name: 'ct' for ct.nii.gz, ct.nrrd or a DICOM folder 'ct'."""
+    name = Path(path).name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
