@@ -17,7 +17,7 @@ from LiverTumorSegLib.volume import Volume
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LiverTumorSegLib", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "LiverTumorSegLib", *map(str, args)], capture_output=True, encoding="utf-8", cwd=cwd, timeout=600)
 
 
 def write_ct(path: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:

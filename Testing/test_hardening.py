@@ -156,7 +156,9 @@ def run(args, restricted: bool = False, cwd: Path | None = None, umask: int | No
             pytest.skip("running as root without setpriv: read-only folders cannot be tested")
         command = RESTRICT + command
     env = dict(os.environ, PYTHONWARNINGS="default", **(env or {}))
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+    # Decoded as UTF-8 (what the child writes: tqdm's bar), not by this process's locale, which
+    # GDCM's DICOM writer in test_io resets to "C" for the rest of the session.
+    return subprocess.run(command, capture_output=True, encoding="utf-8", cwd=cwd, timeout=timeout, env=env,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
 
 
