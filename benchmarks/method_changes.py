@@ -220,18 +220,10 @@ def run_variant(chain: list, name: str, seed: int, train_cases: list, tests: dic
 
 
 def run_floors(seed: int, train_cases: list, tests: dict) -> dict:
-    from LiverTumorSegLib.baseline import fit_threshold_baseline
-
     out = {}
     for kind in sd.FLOORS:
-        relative = kind == "threshold_relative"
-
-        def view(image, liver, relative=relative):
-            return sd.liver_relative(image, liver) if relative else image
-
-        floor = fit_threshold_baseline([(view(img, lab.array > 0), lab.array > 0, lab.array == 2) for _, img, lab, _ in train_cases])
-        out[kind] = {"variant": kind, "seed": seed, "threshold_hu": floor.threshold_hu,
-                     **evaluate_predictor(lambda image, liver: floor.segment(view(image, liver), liver), tests)}
+        floor, predict = sd.fit_floor(kind, train_cases)
+        out[kind] = {"variant": kind, "seed": seed, "threshold_hu": floor.threshold_hu, **evaluate_predictor(predict, tests)}
     return out
 
 

@@ -338,7 +338,9 @@ def liver_relative(image, liver: np.ndarray):
     return image.with_array(image.array.astype(np.float32) - np.float32(np.median(image.array[liver])))
 
 
-def run_floor(kind: str, k: int, seed: int, train_cases: list, tests: dict) -> dict:
+def fit_floor(kind: str, train_cases: list):
+    """One of the FLOORS fitted on [(case_id, image, labels, ...)]: (ThresholdBaseline,
+    predict(image, liver) -> bool mask); "threshold_relative" thresholds HU minus the liver median."""
     from LiverTumorSegLib.baseline import fit_threshold_baseline
 
     relative = kind == "threshold_relative"
@@ -346,13 +348,19 @@ def run_floor(kind: str, k: int, seed: int, train_cases: list, tests: dict) -> d
     def view(image, liver):
         return liver_relative(image, liver) if relative else image
 
+    floor = fit_threshold_baseline([(view(c[1], c[2].array > 0), c[2].array > 0, c[2].array == 2) for c in train_cases])
+    return floor, lambda image, liver: floor.segment(view(image, liver), liver)
+
+
+def run_floor(kind: str, k: int, seed: int, train_cases: list, tests: dict) -> dict:
     t = time.perf_counter()
-    floor = fit_threshold_baseline([(view(img, lab.array > 0), lab.array > 0, lab.array == 2) for _, img, lab, _ in train_cases])
+    floor, predict = fit_floor(kind, train_cases)
     out = {"model": kind, "k": k, "seed": seed,
            "train": {"wall_s": round(time.perf_counter() - t, 2), "threshold_hu": floor.threshold_hu,
-                     "threshold_relative_to_liver_median": relative, "training_cases": [c[0] for c in train_cases]}}
+                     "threshold_relative_to_liver_median": kind == "threshold_relative",
+                     "training_cases": [c[0] for c in train_cases]}}
     for name, cases in tests.items():
-        out[name] = evaluate(lambda image, liver: floor.segment(view(image, liver), liver), cases)
+        out[name] = evaluate(predict, cases)
     return out
 
 

@@ -87,7 +87,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=bc.RESULTS_DIR / "small_tumor_visibility.json")
     p.add_argument("--data", type=Path, default=bc.REPO_DIR / "Testing" / "Data")
     args = p.parse_args(argv)
-    from LiverTumorSegLib.baseline import fit_threshold_baseline
     from LiverTumorSegLib.inference import segment
     from LiverTumorSegLib.modelstore import default_model_path, load_model
 
@@ -97,12 +96,7 @@ def main(argv=None) -> dict:
     model_path = args.model or default_model_path()
     model = load_model(model_path)
     train = sd.training_sets(0, dict(config, ks=[7]))[7]
-    floors = {}
-    for kind in sd.FLOORS:
-        relative = kind == "threshold_relative"
-        view = (lambda image, liver: sd.liver_relative(image, liver)) if relative else (lambda image, liver: image)
-        floor = fit_threshold_baseline([(view(img, lab.array > 0), lab.array > 0, lab.array == 2) for _, img, lab, _ in train])
-        floors[kind] = (floor, view)
+    floors = {kind: sd.fit_floor(kind, train)[1] for kind in sd.FLOORS}
     tumors = []
     for case_id, image, labels in sd.small_tumor_test_set(config, args.data):
         liver = labels.array > 0
@@ -110,8 +104,8 @@ def main(argv=None) -> dict:
         result = segment(image, liver, model)
         found = {"default_model": found_by(result.tumor.array > 0, components, len(rows))}
         probability = result.probability.array
-        for kind, (floor, view) in floors.items():
-            found[kind] = found_by(floor.segment(view(image, liver), liver), components, len(rows))
+        for kind, predict in floors.items():
+            found[kind] = found_by(predict(image, liver), components, len(rows))
         for j, row in enumerate(rows):
             inside = components == row["component"]
             row.update(case=case_id, max_probability=round(float(probability[inside].max()), 3),

@@ -278,16 +278,23 @@ def _warn_if_not_hu(array: np.ndarray, path: Path, eight_bit: bool) -> None:
         )
 
 
+def _header_reader(path) -> sitk.ImageFileReader:
+    """A reader holding the file's header (size, spacing, geometry, metadata), voxels unread;
+    RuntimeError when the header cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
 def image_header(path) -> tuple[tuple, tuple] | None:
     """(shape z, y, x; spacing z, y, x mm) of an image file from its header alone, without
     reading the voxels; None for a folder or a header that cannot be read (read_image says why)."""
     path = Path(path)
     if not path.is_file():
         return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        reader = _header_reader(path)
     except RuntimeError:
         return None
     size, spacing = reader.GetSize(), reader.GetSpacing()
@@ -615,9 +622,7 @@ def read_liver_mask(path, reference: Volume) -> np.ndarray:
 def coverage_of(labels_path, reference: Volume) -> np.ndarray:
     """Bool (z, y, x) on the reference grid: True where the label file's own grid covers the
     reference (False: the labels say nothing there, e.g. a label map cropped to some slices)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(labels_path))
-    reader.ReadImageInformation()
+    reader = _header_reader(labels_path)
     size = list(reader.GetSize())[:3]
     grid = Volume(np.ones(size[::-1], dtype=np.uint8), reader.GetSpacing()[:3], reader.GetOrigin()[:3],
                   np.asarray(reader.GetDirection()).reshape(reader.GetDimension(), -1)[:3, :3].ravel())
@@ -762,10 +767,8 @@ def is_segmentation_file(path) -> bool:
     if _suffix(path) == SEG_SUFFIX:
         return True
     if path.is_file() and _suffix(path) in (".nrrd", ".nhdr"):
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
         try:
-            reader.ReadImageInformation()
+            reader = _header_reader(path)
         except RuntimeError:
             return False
         keys = reader.GetMetaDataKeys()

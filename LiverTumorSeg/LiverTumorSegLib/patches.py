@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .lesions import label_lesions
+
 POOLS = ("tumor", "boundary", "liver", "hard")
 
 
@@ -142,7 +144,7 @@ def lesion_weights(tumor: np.ndarray, spacing_mm: float, gamma: float, reference
     instance-balanced losses); 0.5 goes half way."""
     if gamma <= 0 or not tumor.any():
         return None
-    components, count = ndimage.label(tumor, structure=np.ones((3, 3, 3), bool))
+    components, count = label_lesions(tumor)
     volume_mm3 = np.bincount(components.ravel(), minlength=count + 1).astype(np.float64) * spacing_mm**3
     diameter = np.cbrt(6.0 * np.maximum(volume_mm3, 1e-6) / np.pi)
     per_component = np.clip((reference_mm / diameter) ** (3.0 * gamma), 1.0, (reference_mm / smallest_mm) ** (3.0 * gamma))
