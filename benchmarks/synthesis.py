@@ -31,6 +31,9 @@ import method_changes as mc
 import small_data as sd
 
 MODES = ("off", "fixed", "auto")
+# auto's first version (its trunk trained on the fixed mix; cached as auto_trunkfixed_*): reported, never rerun
+REPORTED = MODES + ("auto_v1",)
+FULL_KS = (7, 14, 28)
 TESTS = ("phantom", "reference_synth", "small_tumor")
 BINS = ("5-10mm", "10-20mm", ">20mm")
 PRESETS = {
@@ -106,7 +109,7 @@ def aggregate(runs: list) -> dict:
     out = {}
     for test in TESTS:
         per = {}
-        for mode in MODES:
+        for mode in REPORTED:
             for k in sorted({r["k"] for r in runs}):
                 group = [r for r in runs if r["mode"] == mode and r["k"] == k and test in r]
                 if not group:
@@ -129,7 +132,7 @@ def paired(runs: list) -> dict:
     """Per-case Dice differences paired by seed (same training cases): auto - off, fixed - off, auto - fixed."""
     by = {(r["mode"], r["k"], r["seed"]): r for r in runs}
     out = {}
-    for a, b in (("auto", "off"), ("fixed", "off"), ("auto", "fixed")):
+    for a, b in (("auto", "off"), ("fixed", "off"), ("auto", "fixed"), ("auto_v1", "off")):
         for test in TESTS:
             for k in sorted({r["k"] for r in runs}):
                 seeds = sorted(s for (m, kk, s) in by if m == a and kk == k and (b, k, s) in by)
@@ -148,14 +151,14 @@ def search_check(runs: list) -> list:
     rows = []
     for r in runs:
         syn = r.get("synthesis") or {}
-        if r["mode"] != "auto" or "candidates" not in syn:
+        if r["mode"] not in ("auto", "auto_v1") or "candidates" not in syn:
             continue
         scores = {c["name"]: c["score"] for c in syn["candidates"]}
         chosen = syn["chosen"]
         gain = None if scores.get(chosen) is None or scores.get("off") is None else scores[chosen] - scores["off"]
         unguarded = syn.get("unguarded_best")
         off = by.get(("off", r["k"], r["seed"]))
-        rows.append({"k": r["k"], "seed": r["seed"], "chosen": chosen, "unguarded_best": unguarded,
+        rows.append({"mode": r["mode"], "k": r["k"], "seed": r["seed"], "chosen": chosen, "unguarded_best": unguarded,
                      "stable_under_leave_one_out": syn.get("stable_under_leave_one_out"),
                      "held_out_tumors": syn.get("held_out_tumors"), "scores": scores,
                      "validation_gain_vs_off": None if gain is None else round(gain, 4),
@@ -168,17 +171,17 @@ def plot(summary: dict, path: Path, title: str) -> None:
     plt = bc.pyplot()
     tests = [t for t in TESTS if summary.get(t)]
     fig, axes = plt.subplots(1, len(tests), figsize=(5.2 * len(tests), 4.2), squeeze=False)
-    colors = {"off": "0.5", "fixed": "C0", "auto": "C3"}
+    colors = {"off": "0.5", "fixed": "C0", "auto": "C3", "auto_v1": "C1"}
     for ax, test in zip(axes[0], tests):
         ks = sorted({int(k) for per in summary[test].values() for k in per})
-        for j, mode in enumerate(MODES):
+        for j, mode in enumerate(REPORTED):
             per = summary[test].get(mode, {})
             for i, k in enumerate(ks):
                 entry = per.get(str(k))
                 if not entry:
                     continue
-                x = i + (j - 1) * 0.25
-                ax.bar(x, entry["dice_mean"]["mean"], width=0.24, color=colors[mode], label=mode if i == 0 else None)
+                x = i + (j - 1.5) * 0.2
+                ax.bar(x, entry["dice_mean"]["mean"], width=0.19, color=colors[mode], label=mode if i == 0 else None)
                 ax.plot([x] * len(entry["dice_mean"]["values"]), entry["dice_mean"]["values"], "k.", ms=4)
         ax.set_xticks(range(len(ks)), [f"K = {k}" for k in ks])
         ax.set_ylim(0, 1)
@@ -229,7 +232,7 @@ def main(argv=None) -> dict:
     config = dict(PRESETS[preset])
     if args.steps:
         config["steps"] = args.steps
-    ks = args.ks or ([2] if args.tiny else [7, 14, 28])
+    ks = args.ks or ([7] if args.tiny else [7, 14, 28])
     seeds = args.seeds or ([0] if args.tiny else [0, 1, 2])
     threads = bc.set_threads(args.threads)
     out_dir = args.out or bc.results_dir(preset)
@@ -241,7 +244,9 @@ def main(argv=None) -> dict:
     plan = [(seed, k, mode) for seed in seeds for k in ks for mode in args.modes]
     todo = [p for p in plan if not (work / f"{p[2]}_k{p[1]}_s{p[0]}.json").exists()]
     if todo and not args.report_only:
-        proto = protocol(config, ks)
+        # Training sets are always built for the full grid's K (nested per seed), so a run of one K
+        # trains on the same cases as it would in the full grid.
+        proto = protocol(config, sorted(set(ks) | (set(FULL_KS) if preset == "full" else set())))
         tests = sd.held_out_test_sets(proto, args.data)
         bc.write_json(work / "test_sets.json", {n: sd.describe_set(c) for n, c in tests.items()})
         bc.log("test sets: " + ", ".join(f"{n} {len(c)} cases" for n, c in tests.items()))
@@ -256,6 +261,8 @@ def main(argv=None) -> dict:
             bc.log(f"{mode} K={k} s{seed} {chosen}: " + mc.log_line({**result, "variant": mode}, tests)
                    + f"; train {result['train_s']:.0f} s, {result['steps']} steps")
     runs = [bc.read_json(work / f"{m}_k{k}_s{s}.json") for s, k, m in plan if (work / f"{m}_k{k}_s{s}.json").exists()]
+    runs += [{**bc.read_json(work / f"auto_trunkfixed_k{k}_s{s}.json"), "mode": "auto_v1"} for s, k, m in plan
+             if m == "auto" and (work / f"auto_trunkfixed_k{k}_s{s}.json").exists()]
     summary, pairs = aggregate(runs), paired(runs)
     result = {**bc.result_header("synthesis", "synthesis.py", preset, config), "machine": bc.machine(), "torch_threads": threads,
               "planned": [f"{m}_k{k}_s{s}" for s, k, m in plan], "completed": [f"{r['mode']}_k{r['k']}_s{r['seed']}" for r in runs],

@@ -2,8 +2,10 @@
 
 Inside one training run, within the same step budget as `fixed` or `off`:
 
-1. trunk: the first `TRUNK_SHARE` of the steps train on the real cases plus the fixed synthetic
-   copies (the measured default, synthesis.synthetic_copy);
+1. trunk: the first `TRUNK_SHARE` of the steps train on the real cases plus every candidate's
+   synthetic cases (a neutral mix: no candidate is the trunk's own mix continued; a first version
+   trained the trunk on the fixed mix and every fork that changed the mix paid for the switch,
+   benchmarks/RESULTS.md);
 2. forks: from the trunk's weights, optimiser and EMA, each candidate (CANDIDATES: off, fixed, and
    members of the synthesis family with 1 or 2 copies per real case, the synthetic-to-real ratio)
    trains `fork` steps on its own data mix; the search costs (candidates - 1) x fork steps,
@@ -246,11 +248,13 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
     plan = plan_steps(settings.max_steps, len(candidates), settings.synthesis_search_share)
     if plan is None or split.mode == "in-sample" or not split.validation or REFERENCE not in names:
         return None
-    pools = {}
+    pools, union = {}, list(base_samplers)
     for k, c in enumerate(candidates):
-        pools[c.name] = base_samplers + (make_samplers(c, k) if c.copies else [])
+        own = make_samplers(c, k) if c.copies else []
+        pools[c.name] = base_samplers + own
+        union += [s for s in own if all(s is not u for u in union)]
     trunk = _Run(network, lr, settings.ema_decay, rng, freeze_bn)
-    trunk.train(pools[REFERENCE], settings, plan["trunk_steps"], deadline, clock)
+    trunk.train(union, settings, plan["trunk_steps"], deadline, clock)
     if time.perf_counter() >= deadline:
         return None
     forks, rows, pieces_by = {}, [], {}
@@ -273,6 +277,7 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
     chosen = next(c for c in candidates if c.name == decision["chosen"])
     meta = {
         "mode": "auto", "plan": plan, "reference": REFERENCE, "margin": MARGIN,
+        "trunk": f"real cases and every candidate's synthetic cases ({len(union)} cases)",
         "chosen": chosen.name, "chosen_settings": chosen.to_dict(),
         "objective": "0.5 x (Dice at the best threshold + lesion F1) on the held-out real validation pieces",
         "guard": ("a candidate replaces the reference only if it beats it by more than the margin on the whole validation "
@@ -293,12 +298,13 @@ def describe(synthesis: dict | None) -> str:
     mode = synthesis.get("mode")
     if mode != "auto" or "chosen" not in synthesis:
         return f"synthetic data: {mode} ({synthesis.get('why', '')})"
-    rows = {r["name"]: r for r in synthesis.get("candidates", [])}
+    listed = synthesis.get("candidates")
+    rows = {r["name"]: r for r in listed if isinstance(r, dict) and "name" in r} if isinstance(listed, list) else {}
     chosen = rows.get(synthesis["chosen"], {})
 
     def score(name):
         value = rows.get(name, {}).get("score")
-        return "n/a" if value is None else f"{value:.3f}"
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
     return (f"synthetic data chosen by the segmenter: {synthesis['chosen']} ({chosen.get('copies', 0)} per case), "
             f"validation score {score(synthesis['chosen'])} against off {score('off')} and fixed {score(REFERENCE)}, "
