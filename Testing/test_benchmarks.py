@@ -125,7 +125,7 @@ def test_synthesis_tiny_runs_off_fixed_auto_and_resumes(tmp_path):
     result = _run("synthesis.py", tmp_path)
     assert result["benchmark"] == "synthesis" and result["completed"] == ["off_k7_s0", "fixed_k7_s0", "auto_k7_s0"]
     tests = set(result["test_sets"])
-    assert tests == {"phantom", "reference_synth"}  # the tiny preset has no small-tumor phantoms
+    assert tests == {"phantom", "reference_synth", "small_tumor"}  # tiny: small tumors in the real CT only
     for test in tests:
         for mode in ("off", "fixed", "auto"):
             entry = result["summary"][test][mode]["7"]

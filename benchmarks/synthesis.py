@@ -266,6 +266,7 @@ def main(argv=None) -> dict:
     summary, pairs = aggregate(runs), paired(runs)
     result = {**bc.result_header("synthesis", "synthesis.py", preset, config), "machine": bc.machine(), "torch_threads": threads,
               "planned": [f"{m}_k{k}_s{s}" for s, k, m in plan], "completed": [f"{r['mode']}_k{r['k']}_s{r['seed']}" for r in runs],
+              "missing": [f"{m}_k{k}_s{s}" for s, k, m in plan if not (work / f"{m}_k{k}_s{s}.json").exists()],
               "engine_hashes": sorted({r.get("engine_hash") for r in runs}),
               "test_sets": bc.read_json(work / "test_sets.json") if (work / "test_sets.json").exists() else {},
               "summary": summary, "paired": pairs, "search_check": search_check(runs), "runs": runs,
@@ -277,7 +278,7 @@ def main(argv=None) -> dict:
              f"{len(runs)} of {len(plan)} runs")
     table = markdown(summary, pairs)
     print(table)
-    bc.log(f"wrote {out_dir / 'synthesis.json'} ({len(runs)}/{len(plan)} runs)")
+    bc.log(f"wrote {out_dir / 'synthesis.json'} ({len(result['completed'])} runs, {len(plan)} planned by this command)")
     return result
 
 
