@@ -42,6 +42,7 @@ def test_model_json_records_the_search(auto_model):
     assert plan["trunk_steps"] + len(names) * plan["fork_steps"] + plan["final_steps"] == 100
     assert model.meta["steps"] == plan["trunk_steps"] + plan["fork_steps"] + plan["final_steps"]  # the winner's own steps
     assert syn["held_out_tumors"] >= 2
+    assert model.meta["n_synthetic_cases"] == 2 * syn["chosen_settings"]["copies"]  # the winner's, 2 real training cases
     for row in syn["candidates"]:
         assert row["score"] is not None and 0.0 <= row["score"] <= 1.0 and 0.0 <= row["dice"] <= 1.0
         assert len(row["leave_one_out_scores"]) == syn["held_out_tumors"]

@@ -240,7 +240,8 @@ def train_model(
                                                    "(too few steps, or nothing held out): fixed")
         if searched is not None:
             averaged, steps, last_loss, found = searched
-            synthesis.update(found)
+            synthesis.update(found)  # n_synthetic_cases: the winner's own (the trunk saw every candidate's)
+            n_synthetic = next(r["pool_cases"] for r in found["candidates"] if r["name"] == found["chosen"]) - len(base_samplers)
         else:
             averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock, freeze_bn)
     finally:
