@@ -345,8 +345,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelSelector.addItem(self.logic.modelLabel(info), info.version)
             index = self.ui.modelSelector.count - 1
             warning = self.logic.modelWarning(info)
-            if warning:
-                self.ui.modelSelector.setItemData(index, _("This version is ") + warning, qt.Qt.ToolTipRole)
+            tip = "\n".join(t for t in ((_("This version is ") + warning) if warning else "", self.logic.modelSynthesis(info)) if t)
+            if tip:
+                self.ui.modelSelector.setItemData(index, tip, qt.Qt.ToolTipRole)
             if info.version == active:
                 self.ui.modelSelector.setCurrentIndex(index)
         self._hasModel = bool(models)
@@ -606,14 +607,17 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         dice = (job.result.get("validation") or {}).get("dice")
         diceText = "n/a" if dice is None else f"{dice:.3f}"
         skipped = job.warnings  # e.g. a broken case it trained without
+        synthesis = job.result.get("synthesis") or ""  # which synthetic data the segmenter chose (--synthesis auto)
         self.ui.trainingStatusLabel.text = _("New model {v}: validation Dice {d}").format(v=version, d=diceText) + (
-            " " + _("({n} warning(s): see below)").format(n=len(skipped)) if skipped else "")
+            " " + _("({n} warning(s): see below)").format(n=len(skipped)) if skipped else "") + (
+            "\n" + synthesis if synthesis else "")
         if skipped:
             self.ui.trainingStatusLabel.toolTip = "\n".join(skipped)
         self._refreshModels()
         warning = self.logic.modelWarning(liblogic.ModelInfo.from_folder(job.outPath))
         caution = ("\n\n" + _("Caution: it is {warning}.").format(warning=warning)) if warning else ""
         caution += ("\n\n" + _("Warnings:") + "\n" + "\n".join(skipped)) if skipped else ""
+        caution += ("\n\n" + synthesis) if synthesis else ""
         if slicer.util.confirmYesNoDisplay(
                 _("Training finished: model {v}, validation Dice {d}.{caution}\n\nUse it from now on? "
                   "(Earlier versions stay in the model list.)").format(v=version, d=diceText, caution=caution)):

@@ -121,6 +121,29 @@ def test_method_changes_tiny_writes_every_variant_of_the_chain_by_size(tmp_path)
         assert variant["steps"] == 2
 
 
+def test_synthesis_tiny_runs_off_fixed_auto_and_resumes(tmp_path):
+    result = _run("synthesis.py", tmp_path)
+    assert result["benchmark"] == "synthesis" and result["completed"] == ["off_k7_s0", "fixed_k7_s0", "auto_k7_s0"]
+    tests = set(result["test_sets"])
+    assert tests == {"phantom", "reference_synth", "small_tumor"}  # tiny: small tumors in the real CT only
+    for test in tests:
+        for mode in ("off", "fixed", "auto"):
+            entry = result["summary"][test][mode]["7"]
+            assert 0.0 <= entry["dice_mean"]["mean"] <= 1.0 and entry["seeds"] == [0]
+            assert set(entry["recall_by_size"]) == set(entry["precision_by_size"]) == {"5-10mm", "10-20mm", ">20mm"}
+            assert sum(n for _, n in entry["recall_by_polarity"].values()) == result["test_sets"][test]["n_tumors"]
+    by_mode = {r["mode"]: r for r in result["runs"]}
+    assert by_mode["off"]["n_synthetic_cases"] == 0 < by_mode["fixed"]["n_synthetic_cases"]
+    auto = by_mode["auto"]["synthesis"]
+    assert auto["mode"] == "auto" and {c["name"] for c in auto["candidates"]} >= {"off", "fixed"}
+    [check] = result["search_check"]
+    assert check["chosen"] == auto["chosen"] and set(check["test_gain_vs_off"]) == tests
+    assert result["paired"]["auto-off"]["phantom"]["7"]["n"] == 1
+    _png(tmp_path / "synthesis.png")
+    again = _run("synthesis.py", tmp_path, "--report-only")  # every run comes from the cache
+    assert again["completed"] == result["completed"] and again["runs"] == result["runs"]
+
+
 def test_visibility_measures_contrast_noise_and_scan_edge_of_each_tumor():
     """small_tumor_visibility.tumor_visibility on a hand-made CT with known answers."""
     sys.path.insert(0, str(BENCH))

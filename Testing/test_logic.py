@@ -377,6 +377,31 @@ def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
         assert logic.modelLabel(by_version["default"]).startswith(by_version["default"].label + " [shipped]")
 
 
+def test_model_synthesis_says_which_synthetic_data_a_version_used(logic, tiny_model):
+    from LiverTumorSegLib.modelstore import save_model
+
+    for _ in range(4):
+        save_model(tiny_model, logic.library.new_version_path())
+    models = logic.libraryPath / "models"
+    write_model_json(models / "v001", synthesis={"requested": "fixed", "mode": "fixed", "why": "asked for"})
+    meta = json.loads((models / "v004" / "model.json").read_text())
+    meta.pop("synthesis", None)  # a version from before the setting existed
+    (models / "v004" / "model.json").write_text(json.dumps(meta))
+    # What synthesis_search writes for --synthesis auto (trimmed to the keys the line uses).
+    write_model_json(models / "v002", synthesis={
+        "requested": "default", "mode": "auto", "chosen": "family_small_hyper", "held_out_tumors": 3,
+        "candidates": [{"name": "off", "copies": 0, "score": 0.41}, {"name": "fixed", "copies": 1, "score": 0.44},
+                       {"name": "family_small_hyper", "copies": 2, "score": 0.52}]})
+    write_model_json(models / "v003", synthesis="auto")  # malformed: nothing shown
+    by_version = {info.version: info for info in logic.listModels()}
+    assert logic.modelSynthesis(by_version["v001"]) == "synthetic data: fixed (asked for)"
+    assert logic.modelSynthesis(by_version["v004"]) == ""
+    assert logic.modelSynthesis(by_version["v002"]) == (
+        "synthetic data chosen by the segmenter: family_small_hyper (2 per case), validation score 0.520 against "
+        "off 0.410 and fixed 0.440, 3 tried on 3 held-out tumors")
+    assert logic.modelSynthesis(by_version["v003"]) == ""
+
+
 # ---- background segment --------------------------------------------------------------------
 def test_background_segment_gives_the_same_result_as_segment(library_with_model, scene, ct, liver, phantom):
     logic = library_with_model

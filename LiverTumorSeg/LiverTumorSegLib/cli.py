@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-copies", type=int, default=None,
                    help="synthetic variants per training case: its tumors pasted elsewhere plus synthesised ones "
                         "(default 1; 0 trains on the given cases only)")
+    p.add_argument("--synthesis", choices=("off", "fixed", "auto"), default=None,
+                   help="synthetic training data: off; fixed (the copies above, fixed settings); auto (the segmenter "
+                        "chooses the synthesis settings and ratio by validation on your held-out cases, in the same "
+                        "step budget). Default: auto below 30 labelled tumors, else fixed; model.json records the choice")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
@@ -386,6 +390,7 @@ def cmd_train(args) -> int:
         budget = {} if args.max_steps is None else {"max_steps": args.max_steps}
         hessian = {"use_hessian": False} if args.no_hessian else {}
         synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
+        synthetic["synthesis"] = args.synthesis or "default"
         settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian, **synthetic)
         report, close = make_progress_printer(args.progress_json)
         try:
@@ -394,12 +399,15 @@ def cmd_train(args) -> int:
             close()
         save_model(model, out)
     validation = model.meta.get("validation", {})
+    from .synthesis_search import describe
+
+    synthesis = describe(model.meta.get("synthesis"))
     if args.progress_json:
-        print(json.dumps({"stage": "done", "model": str(out), "validation": validation}), flush=True)
+        print(json.dumps({"stage": "done", "model": str(out), "validation": validation, "synthesis": synthesis}), flush=True)
     else:
         dice = validation.get("dice")
         print(f"model written to {out}" + (f" (validation Dice {dice:.3f})" if dice is not None else "")
-              + f", {model.meta['steps']} of {model.meta['steps_planned']} planned steps")
+              + f", {model.meta['steps']} of {model.meta['steps_planned']} planned steps; {synthesis}")
     check = model.meta.get("parent_check") or {}
     if check.get("worse_than_parent"):
         print(f"warning: the new model scores more than {check['tolerance']} Dice below its parent {check['parent']} on "

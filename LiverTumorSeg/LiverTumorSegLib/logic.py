@@ -501,6 +501,14 @@ class LiverTumorSegLogic:
         """"" or why a version should not be trusted over its parent (see parentCheckWarning)."""
         return parentCheckWarning(info.path)
 
+    def modelSynthesis(self, info: ModelInfo) -> str:
+        """One line: the synthetic training data a version used and, for `--synthesis auto`, which
+        settings the segmenter chose and their validation scores (model.json "synthesis"); "" if none."""
+        from .synthesis_search import describe
+
+        synthesis = _readJson(Path(info.path) / "model.json").get("synthesis")
+        return describe(synthesis) if isinstance(synthesis, dict) else ""
+
     def modelLabel(self, info: ModelInfo) -> str:
         """What the model list shows: version, Dice, date, [shipped], and a warning marker."""
         label = info.label + (" [shipped]" if info.read_only else "")

@@ -18,7 +18,7 @@ count; a time budget that ends the run before max_steps ends it at a machine-dep
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -67,6 +67,12 @@ class TrainSettings:
     a child more than PARENT_TOLERANCE below its parent on either is marked worse.
     fine_tune_freeze_bn: when fine-tuning, keep the parent's batch-norm statistics (the few new
     cases then shift only the weights, not the normalisation every layer relies on).
+    synthesis: "off" | "fixed" | "auto" | "default" (synthesis_search.py): fixed = the
+    synthetic_copies above; auto = the segmenter chooses the synthetic data mix (off, fixed, or
+    members of synthesis_family with 1-2 copies) by validation on held-out real pieces, spending
+    synthesis_search_share of max_steps on the search; default = auto below 30 labelled tumors,
+    else fixed (what `train` and Retrain use). The engine's own default stays "fixed" so direct
+    callers (benchmarks, the default model's build) keep their measured behaviour.
     lesion_weight_gamma: weight of each tumor voxel in the loss by its tumor's size
     (patches.lesion_weights; 0 = every voxel alike, 1 = every tumor under 20 mm weighs as much as
     a 20 mm one)."""
@@ -99,8 +105,16 @@ class TrainSettings:
     check_cases: int = 3
     fine_tune_freeze_bn: bool = False
     lesion_weight_gamma: float = 0.0
+    synthesis: str = "fixed"
+    synthesis_search_share: float = 0.3
 
     def __post_init__(self):
+        from .synthesis_search import MODES
+
+        if self.synthesis not in MODES:
+            raise InputError(f"synthesis {self.synthesis!r}: use one of {MODES}")
+        if not 0.05 <= self.synthesis_search_share <= 0.6:
+            raise InputError(f"synthesis_search_share {self.synthesis_search_share} must be between 0.05 and 0.6 of the steps")
         if self.minutes <= 0 or self.max_steps < 1:
             raise InputError("the training budget needs minutes > 0 and max_steps >= 1")
         if self.patch_size % 8 or self.patch_size < 16:
@@ -180,12 +194,24 @@ def train_model(
         if i in split.train
     ]
     n_real_tumors = int(sum(s.n_tumors for s in samplers))
-    extra = list(_synthetic_cases(cases, split, settings, features, clock))
+
+    def sampler(p):
+        return CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), None, hard, flip_plan,
+                           lesion_weights(p.tumor, spacing, gamma))
+
+    from .synthesis_search import resolve_mode
+
+    mode, why = resolve_mode(settings.synthesis, settings.synthetic_copies, sum(_count_components(p.tumor) for p in prepared))
+    synthesis = {"requested": settings.synthesis, "mode": mode, "why": why}
+    copies = max(settings.synthetic_copies, 1) if mode == "auto" else settings.synthetic_copies if mode == "fixed" else 0
+    extra = list(_synthetic_cases(cases, split, replace(settings, synthetic_copies=copies), features, clock))
+    n_synthetic = len(extra)
     if init is not None:
         extra += _rehearsal_prepared(settings, features, clock)
-    for p in extra:
-        samplers.append(CaseSampler(p.features, p.tumor, p.liver, _hu_per_unit(p, features), None, hard, flip_plan,
-                                    lesion_weights(p.tumor, spacing, gamma)))
+    extra_samplers = [sampler(p) for p in extra]
+    # real cases and rehearsal: what every synthesis candidate of the search trains on
+    base_samplers = samplers + extra_samplers[n_synthetic:]
+    samplers += extra_samplers
     network, spec = _initial_network(settings, features, init)
     lr = settings.lr * (settings.fine_tune_lr_factor if init is not None else 1.0)
     val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
@@ -196,7 +222,28 @@ def train_model(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         freeze_bn = settings.fine_tune_freeze_bn and init is not None
-        averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock, freeze_bn)
+        searched = None
+        if mode == "auto":
+            from .synthesis_search import search_and_fit
+
+            fixed = extra_samplers[:n_synthetic]
+
+            def candidate_samplers(candidate, index):
+                if candidate.family is None:
+                    return fixed
+                return [sampler(p) for p in _family_cases(cases, split, candidate, index, settings, features, clock)]
+
+            searched = search_and_fit(network, base_samplers, candidate_samplers, settings, split, prepared, lr, rng,
+                                      deadline, clock, freeze_bn)
+            if searched is None:
+                synthesis.update(mode="fixed", why="auto asked for, but the budget or the validation cannot carry a search "
+                                                   "(too few steps, or nothing held out): fixed")
+        if searched is not None:
+            averaged, steps, last_loss, found = searched
+            synthesis.update(found)  # n_synthetic_cases: the winner's own (the trunk saw every candidate's)
+            n_synthetic = next(r["pool_cases"] for r in found["candidates"] if r["name"] == found["chosen"]) - len(base_samplers)
+        else:
+            averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock, freeze_bn)
     finally:
         torch.use_deterministic_algorithms(previous_det)
     train_seconds = time.perf_counter() - start
@@ -220,7 +267,8 @@ def train_model(
         "n_parameters": int(sum(p.numel() for p in averaged.parameters())),
         "torch_threads": int(torch.get_num_threads()),  # the same seed gives the same weights per thread count
         "n_tumors": n_real_tumors,
-        "n_synthetic_cases": len(extra) - (settings.rehearsal_cases if init is not None else 0),
+        "n_synthetic_cases": n_synthetic,
+        "synthesis": synthesis,
         "n_rehearsal_cases": settings.rehearsal_cases if init is not None else 0,
     }
     averaged.eval()
@@ -355,6 +403,24 @@ def _synthetic_cases(cases, split: _Split, settings: TrainSettings, features: Fe
                                              delta_hu=settings.synthetic_delta_hu, edge_sigma_mm=settings.synthetic_edge_mm)
             out.append(prepare_case(image2, labels2.array > 0, features, labels=labels2.array))
             clock.report("synthesize", len(out), total)
+    return out
+
+
+def _family_cases(cases, split: _Split, candidate, index: int, settings: TrainSettings, features: FeatureSettings, clock) -> list:
+    """Prepared synthetic variants of the training cases made by a search candidate's family
+    (synthesis_family.family_copy), same sources as _synthetic_cases, own seeds."""
+    from .synthesis_family import family_copy
+
+    sources = [i for i in split.train if i not in split.allowed]
+    out = []
+    for i in sources:
+        _, image, labels = cases[i]
+        for copy in range(candidate.copies):
+            clock.check()
+            image2, labels2, _ = family_copy(image, labels, candidate.family,
+                                             seed=7919 * settings.seed + 101 * i + copy + 1_000_003 * (index + 1))
+            out.append(prepare_case(image2, labels2.array > 0, features, labels=labels2.array))
+            clock.report("synthesize", len(out), len(sources) * candidate.copies)
     return out
 
 
