@@ -155,9 +155,9 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
     meta = json.loads((out / "model.json").read_text())
     assert meta["parent"] and meta["training_cases"] and meta["torch_threads"] == 1
     assert meta["settings"]["synthetic_copies"] == 1 and meta["n_synthetic_cases"] >= 1  # the default
-    # The default asks for auto below 30 tumors; 6 steps cannot carry the search, so it falls back and says so.
+    # The default is fixed (auto measured no better) and model.json says why.
     assert meta["synthesis"]["requested"] == "default" and meta["synthesis"]["mode"] == "fixed"
-    assert "cannot carry a search" in meta["synthesis"]["why"] and lines[-1]["synthesis"].startswith("synthetic data: fixed")
+    assert meta["synthesis"]["why"].startswith("default") and lines[-1]["synthesis"].startswith("synthetic data: fixed")
     off = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v004", "--synthesis", "off",
                   "--max-steps", "2", "--minutes", "1", "--threads", "1")
     assert off.returncode == 0, off.stderr

@@ -83,7 +83,7 @@ def test_one_held_out_tumor_cannot_decide():
 
 
 def test_modes_resolve_and_bad_values_name_the_fix():
-    assert resolve_mode("default", 1, AUTO_BELOW_TUMORS - 1)[0] == "auto"
+    assert resolve_mode("default", 1, AUTO_BELOW_TUMORS - 1)[0] == "fixed"  # auto measured no better
     assert resolve_mode("default", 1, AUTO_BELOW_TUMORS)[0] == "fixed"
     assert resolve_mode("default", 0, 5)[0] == "off" and resolve_mode("fixed", 0, 5)[0] == "off"
     assert resolve_mode("off", 1, 5)[0] == "off" and resolve_mode("auto", 0, 50)[0] == "auto"

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthesis", choices=("off", "fixed", "auto"), default=None,
                    help="synthetic training data: off; fixed (the copies above, fixed settings); auto (the segmenter "
                         "chooses the synthesis settings and ratio by validation on your held-out cases, in the same "
-                        "step budget). Default: auto below 30 labelled tumors, else fixed; model.json records the choice")
+                        "step budget). Default: fixed (auto measured no better, benchmarks/RESULTS.md); model.json records the choice")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")

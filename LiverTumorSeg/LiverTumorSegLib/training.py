@@ -70,8 +70,8 @@ class TrainSettings:
     synthesis: "off" | "fixed" | "auto" | "default" (synthesis_search.py): fixed = the
     synthetic_copies above; auto = the segmenter chooses the synthetic data mix (off, fixed, or
     members of synthesis_family with 1-2 copies) by validation on held-out real pieces, spending
-    synthesis_search_share of max_steps on the search; default = auto below 30 labelled tumors,
-    else fixed (what `train` and Retrain use). The engine's own default stays "fixed" so direct
+    synthesis_search_share of max_steps on the search; default = fixed (what `train` and Retrain
+    use; auto measured no better, benchmarks/RESULTS.md "Synthesis steered by the segmenter"). The engine's own default stays "fixed" so direct
     callers (benchmarks, the default model's build) keep their measured behaviour.
     lesion_weight_gamma: weight of each tumor voxel in the loss by its tumor's size
     (patches.lesion_weights; 0 = every voxel alike, 1 = every tumor under 20 mm weighs as much as
