@@ -19,6 +19,14 @@ def totalseg_dir(data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def references(totalseg_dir):
+    """The tumor-free reference CTs with their livers, read once: {name: (CT, liver mask)}."""
+    from LiverTumorSegLib.synthesis import load_reference_cases
+
+    return {name: (image, liver) for name, image, liver in load_reference_cases(totalseg_dir)}
+
+
+@pytest.fixture(scope="session")
 def phantom_case_dirs(tmp_path_factory) -> list:
     """Two small phantom case folders (image.nrrd, label.nrrd, case.json) as the CLI reads them."""
     from LiverTumorSegLib.phantom import PhantomSettings, write_phantom_cases

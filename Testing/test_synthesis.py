@@ -13,11 +13,6 @@ from LiverTumorSegLib.synthesis import hu_texture, load_reference_cases, paste_t
 
 
 @pytest.fixture(scope="module")
-def references(totalseg_dir):
-    return {name: (image, liver) for name, image, liver in load_reference_cases(totalseg_dir)}
-
-
-@pytest.fixture(scope="module")
 def synthetic(references):
     """The 3 mm case with four mid-sized synthetic tumors."""
     image, liver = references["example_ct_sm"]

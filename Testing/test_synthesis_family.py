@@ -9,16 +9,11 @@ from scipy import ndimage
 
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.lesions import label_lesions
-from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors
+from LiverTumorSegLib.synthesis import synthesize_tumors
 from LiverTumorSegLib.synthesis_family import (CONTRAST_TOLERANCE, SIZE_TOLERANCE, SynthesisFamily, family_copy,
                                                liver_statistics, synthesize_family)
 
 PLAIN = dict(rim_fraction=0.0, necrosis_fraction=0.0)
-
-
-@pytest.fixture(scope="module")
-def references(totalseg_dir):
-    return {name: (image, liver) for name, image, liver in load_reference_cases(totalseg_dir)}
 
 
 @pytest.fixture(scope="module")
