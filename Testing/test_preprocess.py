@@ -173,7 +173,37 @@ def test_models_saved_before_the_new_choices_keep_their_old_behaviour():
     """An old model's feature dict has no liver_reference or fine_hessian_mm: it gets the median
     and no fine channels, whatever the defaults are now."""
     old = FeatureSettings().to_dict()
-    del old["liver_reference"], old["fine_hessian_mm"], old["fine_hessian_scales_mm"]
+    del old["liver_reference"], old["fine_hessian_mm"], old["fine_hessian_scales_mm"], old["hessian_outside"]
     s = FeatureSettings.from_dict(old)
-    assert s.liver_reference == "median" and s.fine_hessian_mm is None
+    assert s.liver_reference == "median" and s.fine_hessian_mm is None and s.hessian_outside == "image"
     assert s.channel_names == ["ct_liver", "hessian_dark", "hessian_bright"]
+
+
+def edge_ball_case():
+    """A liver filling the left part of a fat box, with a 7 mm ball 45 HU darker than the liver
+    whose edge is 2 mm inside the liver surface (on the 2 mm working grid, one voxel)."""
+    shape, spacing = (40, 60, 60), (1.0, 1.0, 1.0)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    liver = x < 40
+    ball = (z - 20) ** 2 + (y - 30) ** 2 + (x - 34.5) ** 2 <= 3.5**2
+    hu = np.where(liver, 110.0, -100.0)
+    hu[ball] = 65.0
+    hu += np.random.default_rng(3).normal(0, 6, shape)
+    labels = liver.astype(np.uint8) + ball.astype(np.uint8)
+    return Volume(np.rint(hu).astype(np.int16), spacing, (0.0, 0.0, 0.0)), liver, labels
+
+
+def test_blob_channels_see_a_small_tumor_at_the_liver_edge_only_with_the_liver_level_outside():
+    """With the fat beyond the liver's edge the dark ball is no local minimum and the dark blob
+    channel misses it; with the liver level outside the mask it answers above the parenchyma.
+    The CT channel itself is the same either way."""
+    image, liver, labels = edge_ball_case()
+    as_is = prepare_case(image, liver, FeatureSettings(spacing_mm=2.0), labels=labels)
+    inside = prepare_case(image, liver, FeatureSettings(spacing_mm=2.0, hessian_outside="liver_level"), labels=labels)
+    np.testing.assert_array_equal(as_is.features[0], inside.features[0])
+    dark = as_is.channel_names.index("hessian_dark")
+    ball, far = inside.tumor, inside.liver & ~ndimage_dilate(inside.tumor, 4)
+    assert inside.features[dark][ball].max() > 3 * np.percentile(inside.features[dark][far], 99.9)
+    assert inside.features[dark][ball].max() > 2 * as_is.features[dark][ball].max()
+    with pytest.raises(InputError, match="hessian_outside"):
+        FeatureSettings(hessian_outside="zero")
