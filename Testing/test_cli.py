@@ -190,3 +190,14 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     # A second run never writes into a folder that already holds results.
     again = run_cli("demo", "--quick", "--out", out)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_train_help_gives_the_planned_steps_of_the_engine(capsys):
+    """The --max-steps default is written only when help is shown (building the parser imports
+    no training code), and it is the engine's own plan."""
+    from LiverTumorSegLib.training import TrainSettings
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"planned optimisation steps (default {TrainSettings().max_steps}); model.json says how many ran" in help_text

@@ -90,6 +90,8 @@ def main() -> int:
                         help="small-tumor training data a reader could see: phantoms' small tumors 40-80 HU from the liver "
                              "and synthetic small tumors with 0.5-1 mm edges (the plain recipe leaves most 5-10 mm training "
                              "tumors at contrast-to-noise < 1.2: labelled, invisible; benchmarks/RESULTS.md)")
+    parser.add_argument("--hessian-outside", choices=("image", "liver_level"), default="image",
+                        help="what the blob channels see outside the liver (FeatureSettings.hessian_outside; default image)")
     parser.add_argument("--evaluate-only", type=Path, metavar="MODEL",
                         help="train nothing: evaluate this model folder on the held-out sets (by size) and print JSON")
     args = parser.parse_args()
@@ -106,7 +108,8 @@ def main() -> int:
 
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0
-    features = FeatureSettings(fine_hessian_mm=None) if args.no_fine_hessian else FeatureSettings()
+    features = FeatureSettings(fine_hessian_mm=None, hessian_outside=args.hessian_outside) if args.no_fine_hessian \
+        else FeatureSettings(hessian_outside=args.hessian_outside)
     settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps, features=features,
                              lesion_weight_gamma=args.lesion_weight)
     report, close = make_progress_printer(False)

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="model to fine-tune from (folder or model.pt); earlier cases are replayed")
     p.add_argument("--minutes", type=float, default=5.0,
                    help="time cap in minutes (default 5): training stops early only if the planned steps take longer")
-    p.add_argument("--max-steps", type=int, help="planned optimisation steps (default %d); model.json says how many ran" % _default_steps())
+    p.add_argument("--max-steps", type=int, help=_MaxStepsHelp())
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
@@ -318,6 +318,18 @@ def write_tumor_output(out: Path, tumor) -> None:
         lio.write_segmentation(out, tumor, [lio.TUMOR_SEGMENT])
     else:
         lio.write_labelmap(tumor, out)
+
+
+class _MaxStepsHelp(str):
+    """The help of `train --max-steps`, written out only when help is shown (argparse formats
+    every help with `%`): its default lives in training.py, whose imports (scipy) every command,
+    `web` included, would otherwise pay for while the parser is built (about half a second)."""
+
+    def __new__(cls):
+        return super().__new__(cls, "planned optimisation steps")
+
+    def __mod__(self, params) -> str:
+        return f"planned optimisation steps (default {_default_steps()}); model.json says how many ran"
 
 
 def _default_steps() -> int:

@@ -17,10 +17,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError, ModelError
 from .fsutil import atomic_path, make_temp_dir, write_json_atomic
-from .preprocess import FeatureSettings
+
+if TYPE_CHECKING:  # imported where used: the model list (web page, Slicer panel) needs no scipy
+    from .preprocess import FeatureSettings
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
@@ -104,6 +107,8 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
             f"{weights} has model format {payload['format_version']}, this version reads format {FORMAT_VERSION}; "
             "retrain the model with this version (or use the version that wrote it)"
         )
+    from .preprocess import FeatureSettings
+
     try:
         network = build_network(payload["spec"])
         network.load_state_dict(payload["state_dict"])

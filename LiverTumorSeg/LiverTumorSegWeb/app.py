@@ -31,7 +31,9 @@ from trame_slicer import module as trame_slicer_module
 from trame_slicer.app.logic.segmentation import SegmentEditorLogic
 from trame_slicer.app.ui.segmentation import SegmentEditorUI, SegmentEditorUndoRedoUI
 from trame_slicer.core import LayoutManager, SlicerApp
-from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui, create_vertical_view_gutter_ui
+from trame_slicer.rca_view import RemoteViewFactory
+from trame_slicer.views import NoScheduleRendering, SliceView, ThreeDView, ViewType
 
 from LiverTumorSegLib import logic as liblogic
 from LiverTumorSegLib.errors import Cancelled, InputError
@@ -48,6 +50,20 @@ TITLE = "LiverTumorSeg"
 def one_line(error: BaseException) -> str:
     text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
     return text or type(error).__name__
+
+
+def registerViewFactories(viewManager, server) -> None:
+    """trame-slicer's remote slice and 3D views (what its register_rca_factories sets up), built
+    without drawing: until a factory hands a new view to the browser stream, trame-slicer renders
+    it synchronously on every scene event, about 240 renders (more than a second) before the page
+    can be served, and nobody sees them; the stream draws each view when the page shows it."""
+    def quietlyBuilt(viewClass):
+        return lambda **kwargs: viewClass(scheduled_render_strategy=NoScheduleRendering(), **kwargs)
+
+    for viewClass, viewType, populateUi in ((SliceView, ViewType.SLICE_VIEW, create_vertical_slice_view_gutter_ui),
+                                            (ThreeDView, ViewType.THREE_D_VIEW, create_vertical_view_gutter_ui)):
+        viewManager.register_factory(RemoteViewFactory(server, quietlyBuilt(viewClass), viewType, populate_view_ui_f=populateUi,
+                                                       target_fps=30.0, blur_fps=10.0, interactive_quality=50))
 
 
 class LiverTumorSegWebApp(TrameApp):
@@ -69,7 +85,7 @@ class LiverTumorSegWebApp(TrameApp):
         self._editChecker = None
         self._editCheckDue = 0.0
 
-        register_rca_factories(self.slicer.view_manager, self.server)
+        registerViewFactories(self.slicer.view_manager, self.server)
         self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         quad = LayoutManager.default_grid_configuration()["Quad View"]  # three slice views and 3D, as Slicer's
         self.layoutManager.register_layout_dict({"Quad View": quad})
