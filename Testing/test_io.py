@@ -392,3 +392,31 @@ def test_bad_output_names_and_values(tmp_path):
         io.write_segmentation(tmp_path / "x.seg.nrrd", labels, [io.LIVER_SEGMENT, io.TUMOR_SEGMENT])
     with pytest.raises(InputError, match="0..255"):
         io.write_labelmap(labels.with_array(labels.array.astype(np.float32) + 0.5), tmp_path / "l.nrrd")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16, np.float64])
+def test_raw_nrrd_is_read_voxel_for_voxel_as_simpleitk_reads_it(tmp_path, dtype):
+    """The fast reader the Logic uses for its background job's result files gives exactly
+    SimpleITK's array, whatever the axes' spacing and direction."""
+    rng = np.random.default_rng(1)
+    array = (rng.random((7, 5, 6)) * 200 - 50).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.7, 0.9, 2.5))
+    image.SetDirection(Rotation.from_euler("z", 30, degrees=True).as_matrix().ravel().tolist())
+    path = tmp_path / "map.nrrd"
+    sitk.WriteImage(image, str(path), False)
+    got = io.read_raw_nrrd(path)
+    assert got is not None and got.dtype == sitk.GetArrayFromImage(sitk.ReadImage(str(path))).dtype
+    np.testing.assert_array_equal(got, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+
+
+def test_raw_nrrd_reader_declines_what_it_cannot_read_exactly(tmp_path):
+    """Compressed, truncated, 2D or non-NRRD files give None (the caller then uses SimpleITK)."""
+    array = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    compressed, truncated, flat, nifti = (tmp_path / n for n in ("c.nrrd", "t.nrrd", "f.nrrd", "n.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(compressed), True)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(truncated), False)
+    truncated.write_bytes(truncated.read_bytes()[:-4])
+    sitk.WriteImage(sitk.GetImageFromArray(array[0]), str(flat), False)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(nifti))
+    assert [io.read_raw_nrrd(p) for p in (compressed, truncated, flat, nifti)] == [None] * 4

@@ -714,3 +714,27 @@ def test_describe_progress():
     assert describeProgress({"stage": "done", "step": 1, "total": 1}, SEGMENT_STAGE_SPAN) == (100, "Done")
     assert stageText({"stage": "postprocess", "step": 0, "total": 1}) == "Postprocess step 0/1"
     assert stageText({"stage": "prepare"}) == "Prepare" and stageText({}) == "Working"
+
+
+def test_the_model_list_needs_no_engine_imports_and_preloading_brings_them(tmp_path):
+    """A front end's start (the Logic, its model list) imports neither scipy nor torch, which
+    cost seconds; preloadEngine() then imports what the first Segment's result needs, in the
+    background. Checked in a fresh interpreter, where nothing is imported yet."""
+    import subprocess
+
+    script = (
+        "import json, sys; from LiverTumorSegLib.logic import LiverTumorSegLogic, preloadEngine\n"
+        "import slicer\n"
+        f"logic = LiverTumorSegLogic(libraryPath={str(tmp_path / 'library')!r}, scene=slicer.vtkMRMLScene())\n"
+        "labels = [logic.modelLabel(info) for info in logic.listModels()]\n"
+        "before = sorted(m for m in ('scipy', 'torch') if m in sys.modules)\n"
+        "preloadEngine().join(120)\n"
+        "print(json.dumps([labels, before, 'scipy.ndimage' in sys.modules, 'LiverTumorSegLib.inference' in sys.modules]))\n"
+    )
+    package_parent = os.path.dirname(os.path.dirname(lio.__file__))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=package_parent,
+                         env={**os.environ, "PYTHONPATH": package_parent})
+    assert run.returncode == 0, run.stderr
+    labels, before, scipy_loaded, inference_loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any("shipped" in label for label in labels)
+    assert before == [] and scipy_loaded and inference_loaded

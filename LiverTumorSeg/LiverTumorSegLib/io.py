@@ -12,6 +12,7 @@ so an atomic rename covers the whole output.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -784,3 +785,41 @@ __all__ = [
     "read_segmentation", "resample_labels", "terminology_entry", "write_image", "write_labelmap",
     "write_segmentation",
 ]
+
+
+_NRRD_TYPES = {"float": "f4", "double": "f8", "unsigned char": "u1", "uchar": "u1", "uint8": "u1", "signed char": "i1",
+               "int8": "i1", "short": "i2", "int16": "i2", "unsigned short": "u2", "uint16": "u2", "int": "i4",
+               "int32": "i4", "unsigned int": "u4", "uint32": "u4"}
+
+
+def read_raw_nrrd(path: str | os.PathLike) -> np.ndarray | None:
+    """The (z, y, x) voxels of a 3D, uncompressed, single-file NRRD (what SimpleITK writes without
+    compression) read straight into one array; None for anything else (compressed, detached data,
+    vector voxels, an unknown type, a size that does not add up), which callers read with
+    SimpleITK. Only the voxels: the geometry is the caller's, who knows the grid it wrote."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+        end = head.find(b"\n\n")
+        if not head.startswith(b"NRRD") or end < 0:
+            return None
+        fields = {}
+        for line in head[:end].decode("latin-1").splitlines()[1:]:
+            if line.startswith("#") or ":" not in line or ":=" in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        code = _NRRD_TYPES.get(fields.get("type", ""))
+        sizes = fields.get("sizes", "").split()
+        endian = fields.get("endian", "little")
+        if (code is None or fields.get("dimension") != "3" or len(sizes) != 3 or fields.get("encoding") != "raw"
+                or "data file" in fields or "datafile" in fields or endian not in ("little", "big")):
+            return None
+        shape = tuple(int(n) for n in reversed(sizes))
+        dtype = np.dtype(code).newbyteorder("<" if endian == "little" else ">")
+        offset = end + 2
+        if os.fstat(handle.fileno()).st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+            return None
+        handle.seek(offset)
+        array = np.fromfile(handle, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))

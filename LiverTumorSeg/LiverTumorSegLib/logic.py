@@ -70,6 +70,18 @@ def defaultLibraryPath() -> Path:
     return Path(settings_file).parent / "LiverTumorSeg" / "library"
 
 
+def preloadEngine() -> threading.Thread:
+    """Import, in a background thread, the engine modules the first Segment's result needs
+    (inference, lesions, scipy: about a second). A front end calls this once it is showing, so
+    neither its start nor its first Segment waits for them."""
+    import importlib
+
+    thread = threading.Thread(target=importlib.import_module, args=(".inference", __package__),
+                              name="LiverTumorSeg preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def pythonExecutable() -> str:
     """Python for background jobs: PythonSlicer inside Slicer (the app binary is not a Python), else this one."""
     try:
@@ -369,10 +381,30 @@ class SegmentJob(BackgroundJob):
 
 
 def _readArray(path: Path) -> np.ndarray:
-    """The (z, y, x) voxel array of an image file the command line wrote on the CT's own grid."""
+    """The (z, y, x) voxel array of an image file the command line wrote on the CT's own grid.
+    Its uncompressed NRRD is read straight into the array (io.read_raw_nrrd: one read, no
+    copy; about 0.4 s less per 512 x 512 x 200 float map than SimpleITK's read and copy), any
+    other file through SimpleITK."""
+    from .io import read_raw_nrrd
+
+    array = read_raw_nrrd(path)
+    if array is not None:
+        return array
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _floorInsideLiver(probability: np.ndarray, liver: np.ndarray) -> np.ndarray:
+    """A new map: `probability` raised to at least PROBABILITY_FLOOR inside the liver, 0 outside
+    it (re-thresholding then knows the liver region from the map alone). Only the liver's box is
+    computed; the rest of a large CT grid stays the untouched zeros of a fresh array."""
+    out = np.zeros(probability.shape, dtype=np.float32)
+    box = _boundingBox(liver)
+    if box is not None:
+        inside = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
+        np.maximum(probability[inside], np.float32(PROBABILITY_FLOOR), out=out[inside], where=liver[inside])
+    return out
 
 
 def _boundingBox(mask: np.ndarray):
@@ -758,7 +790,7 @@ class LiverTumorSegLogic:
 
         probability = np.asarray(probability, dtype=np.float32)
         if liver is not None:
-            probability = np.where(liver, np.maximum(probability, np.float32(PROBABILITY_FLOOR)), np.float32(0.0))
+            probability = _floorInsideLiver(probability, liver)
         segmentationNode = outputSegmentationNode
         if segmentationNode is None:
             segmentationNode = mrml.new_segmentation_node(self.scene, ctNode, f"{ctNode.GetName()} liver tumor")
@@ -877,12 +909,14 @@ class LiverTumorSegLogic:
             node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{segmentationNode.GetName()} probability")
             node.SetAttribute(PROBABILITY_MAP_ATTRIBUTE, "1")
             segmentationNode.SetNodeReferenceID(mrml.PROBABILITY_ROLE, node.GetID())
-        mrml.set_array_like(node, probability, ctNode)
         if node.GetDisplayNode() is None:
+            # Before the voxels: a new display node measures the window / level of what the volume
+            # holds, a pass over the whole CT grid (0.7 s for 512 x 512 x 200) for a range we fix.
             node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(0.0, 1.0)
+        mrml.set_array_like(node, probability, ctNode)
         # As an overlay: a heat colour map, and near-zero probability transparent.
         display.AutoThresholdOff()
         display.SetThreshold(PROBABILITY_SHOWN_FROM, 1.0)

@@ -661,6 +661,7 @@ def serve(libraryPath=None, host="127.0.0.1", port=8080, ready=None) -> None:
     @app.server.controller.add("on_server_ready")
     def _announce(**_kwargs):
         url = f"http://{host}:{app.server.port}/"
+        liblogic.preloadEngine()
         if ready is not None:
             ready(url)
 
