@@ -90,6 +90,8 @@ def main() -> int:
                         help="small-tumor training data a reader could see: phantoms' small tumors 40-80 HU from the liver "
                              "and synthetic small tumors with 0.5-1 mm edges (the plain recipe leaves most 5-10 mm training "
                              "tumors at contrast-to-noise < 1.2: labelled, invisible; benchmarks/RESULTS.md)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed: initialisation and patch sampling; the "
+                        "training and held-out data stay the same (default 0)")
     parser.add_argument("--hessian-outside", choices=("image", "liver_level"), default="image",
                         help="what the blob channels see outside the liver (FeatureSettings.hessian_outside; default image)")
     parser.add_argument("--evaluate-only", type=Path, metavar="MODEL",
@@ -110,7 +112,7 @@ def main() -> int:
         return 0
     features = FeatureSettings(fine_hessian_mm=None, hessian_outside=args.hessian_outside) if args.no_fine_hessian \
         else FeatureSettings(hessian_outside=args.hessian_outside)
-    settings = TrainSettings(seed=0, minutes=args.minutes, max_steps=args.steps, features=features,
+    settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps, features=features,
                              lesion_weight_gamma=args.lesion_weight)
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()
@@ -122,12 +124,15 @@ def main() -> int:
 
     model.meta["training_data"] = {
         "phantoms": f"{args.phantoms} full-size phantoms (phantom.py, seeds 100-{99 + args.phantoms}, max 96 slices)"
-        + ("" if args.no_small else " and 4 with 3-6 tumors of 5-20 mm (seeds 200-203)"),
+        + ("" if args.no_small else " and 4 with 3-6 tumors of 5-20 mm (seeds 200-203"
+           + (", small tumors 40-80 HU from the liver)" if args.visible_small else ")")),
         "synthetic_tumors_in_real_ct": "totalsegmentator 2.18.0 sdist tests/reference_files CTs (example_ct_sm, "
         "example_ct_dicom) with tumors synthesised by synthesis.synthesize_tumors: 1-3 of radius 4-20 mm (seeds 1-3)"
-        + ("" if args.no_small else " and 3-6 of radius 2.5-8 mm (seeds 4, 5)"),
+        + ("" if args.no_small else " and 3-6 of radius 2.5-8 mm (seeds 4, 5"
+           + (", edges blurred 0.5-1 mm)" if args.visible_small else ")")),
         "real_tumors": 0,
     }
+    model.meta["build_command"] = "python scripts/build_default_model.py " + " ".join(sys.argv[1:])
     model.meta["held_out_evaluation"] = held_out_evaluation(model, train, full)
     model.meta["note"] = "Trained on synthetic data only: a starting point. Add your own corrected cases and retrain."
 

@@ -55,7 +55,8 @@ class FeatureSettings:
     and the edge itself gives no blob response. On the small-tumor test set the channel of 16 of 22
     visible 5-10 mm tumors then rises above the healthy liver's 99.9th percentile (11 of 22 with
     "image"), but networks trained at K = 7 with it found no more of them (3 seeds; mixed Dice;
-    benchmarks/RESULTS.md): off by default.
+    benchmarks/RESULTS.md): off by default. The shipped default model, trained on many small
+    tumors, uses it (benchmarks/RESULTS.md, rebuild F).
     """
 
     spacing_mm: float = 2.0
