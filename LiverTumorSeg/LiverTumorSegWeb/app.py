@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +43,8 @@ from .uploads import save_uploads
 
 log = logging.getLogger("LiverTumorSegWeb")
 
-JOB_POLL_S = 0.5
+JOB_POLL_S = 0.25
+PRELOAD_AFTER_S = 3.0  # the engine's imports wait this long after the server listens
 EDIT_CHECK_PAUSE_S = 0.4  # after the last stroke of a correction
 TITLE = "LiverTumorSeg"
 
@@ -661,7 +663,10 @@ def serve(libraryPath=None, host="127.0.0.1", port=8080, ready=None) -> None:
     @app.server.controller.add("on_server_ready")
     def _announce(**_kwargs):
         url = f"http://{host}:{app.server.port}/"
-        liblogic.preloadEngine()
+        # After the first page has had its turn: the import holds the interpreter while it runs.
+        preload = threading.Timer(PRELOAD_AFTER_S, liblogic.preloadEngine)
+        preload.daemon = True
+        preload.start()
         if ready is not None:
             ready(url)
 
