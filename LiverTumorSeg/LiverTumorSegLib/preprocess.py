@@ -55,8 +55,8 @@ class FeatureSettings:
     and the edge itself gives no blob response. On the small-tumor test set the channel of 16 of 22
     visible 5-10 mm tumors then rises above the healthy liver's 99.9th percentile (11 of 22 with
     "image"), but networks trained at K = 7 with it found no more of them (3 seeds; mixed Dice;
-    benchmarks/RESULTS.md): off by default. The shipped default model, trained on many small
-    tumors, uses it (benchmarks/RESULTS.md, rebuild F).
+    benchmarks/RESULTS.md): off by default. A default model rebuilt with it and visible small
+    tumors was better out of the box but worse after Retrain (rebuild F): not shipped.
     """
 
     spacing_mm: float = 2.0
