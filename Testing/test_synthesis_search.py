@@ -11,7 +11,7 @@ import pytest
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.modelstore import save_model
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
-from LiverTumorSegLib.synthesis_search import (AUTO_BELOW_TUMORS, MARGIN, REFERENCE, choose, default_candidates, describe,
+from LiverTumorSegLib.synthesis_search import (MARGIN, REFERENCE, choose, default_candidates, describe,
                                                plan_steps, resolve_mode)
 from LiverTumorSegLib.training import TrainSettings, train_model
 
@@ -83,8 +83,10 @@ def test_one_held_out_tumor_cannot_decide():
 
 
 def test_modes_resolve_and_bad_values_name_the_fix():
-    assert resolve_mode("default", 1, AUTO_BELOW_TUMORS - 1)[0] == "fixed"  # auto measured no better
-    assert resolve_mode("default", 1, AUTO_BELOW_TUMORS)[0] == "fixed"
+    # Fixed on either side of the 30 tumors below which auto was once meant to be the default:
+    # auto measured no better.
+    assert resolve_mode("default", 1, 29)[0] == "fixed"
+    assert resolve_mode("default", 1, 30)[0] == "fixed"
     assert resolve_mode("default", 0, 5)[0] == "off" and resolve_mode("fixed", 0, 5)[0] == "off"
     assert resolve_mode("off", 1, 5)[0] == "off" and resolve_mode("auto", 0, 50)[0] == "auto"
     assert plan_steps(50, 4, 0.3) is None and plan_steps(400, 4, 0.3)["fork_steps"] == 40

@@ -110,8 +110,7 @@ def main() -> int:
 
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0
-    features = FeatureSettings(fine_hessian_mm=None, hessian_outside=args.hessian_outside) if args.no_fine_hessian \
-        else FeatureSettings(hessian_outside=args.hessian_outside)
+    features = FeatureSettings(hessian_outside=args.hessian_outside, **({"fine_hessian_mm": None} if args.no_fine_hessian else {}))
     settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps, features=features,
                              lesion_weight_gamma=args.lesion_weight)
     report, close = make_progress_printer(False)

@@ -329,7 +329,7 @@ class _MaxStepsHelp(str):
         return super().__new__(cls, "planned optimisation steps")
 
     def __mod__(self, params) -> str:
-        return f"planned optimisation steps (default {_default_steps()}); model.json says how many ran"
+        return f"{str.__str__(self)} (default {_default_steps()}); model.json says how many ran"
 
 
 def _default_steps() -> int:

@@ -782,7 +782,7 @@ __all__ = [
     "image_header",
     "is_segmentation_file", "labels_on_grid", "read_image", "read_labels", "read_labels_kind", "read_liver_mask",
     "slice_spacing_problem", "warn_if_implausible_ct",
-    "read_segmentation", "resample_labels", "terminology_entry", "write_image", "write_labelmap",
+    "read_raw_nrrd", "read_segmentation", "resample_labels", "terminology_entry", "write_image", "write_labelmap",
     "write_segmentation",
 ]
 
