@@ -24,6 +24,7 @@ from LiverTumorSegLib import io as lio  # noqa: E402
 from LiverTumorSegLib import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
 from LiverTumorSegLib.logic import (  # noqa: E402
+    SegmentThreadJob,
     SEGMENT_STAGE_SPAN, BackgroundJob, LiverTumorSegLogic, describeProgress, stageText,
 )
 from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
@@ -460,6 +461,49 @@ def check_segment_progress(job, seen):
     percents = [describeProgress(info, job.stageSpans)[0] for info in seen]
     assert percents == sorted(percents) and percents[-1] == 100, percents  # the bar never goes back
     assert [stageText(info) for info in network][-1] == f"Network step {network[-1]['step']}/{network[-1]['total']}"
+
+
+def test_in_process_segment_gives_the_same_result_as_segment(library_with_model, scene, ct, liver):
+    """The web server's Segment: a worker thread of this process, no files; the same arrays,
+    progress and scene nodes as segment()."""
+    logic = library_with_model
+    expected, expected_table = logic.segment(ct, *liver)
+    job = logic.startSegment(ct, *liver, inProcess=True)
+    assert isinstance(job, SegmentThreadJob) and job in logic.runningJobs() + [j for j in logic._jobs if j.finished]
+    seen = drive(job)
+    assert job.error is None and job.output is not None
+    check_segment_progress(job, seen)
+    segmentation, table = logic.finishSegment(job)
+    p_thread = mrml.volume_from_node(logic.probabilityNode(segmentation)).array
+    p_direct = mrml.volume_from_node(logic.probabilityNode(expected)).array
+    np.testing.assert_array_equal(p_thread, p_direct)  # same process, same threads: the same bits
+    tumor_id = logic.tumorSegmentId(segmentation)
+    np.testing.assert_array_equal(mrml.segment_to_mask(segmentation, tumor_id, ct),
+                                  mrml.segment_to_mask(expected, logic.tumorSegmentId(expected), ct))
+    assert mrml.table_rows(table) == mrml.table_rows(expected_table)
+    for name in ("LiverTumorSeg.Threshold", "LiverTumorSeg.MinLesionMm3", "LiverTumorSeg.LiverRegion", "LiverTumorSeg.Model"):
+        assert segmentation.GetAttribute(name) == expected.GetAttribute(name), name
+
+
+def test_in_process_segment_cancel_and_failure(library_with_model, scene, ct, liver):
+    logic = library_with_model
+    output = mrml.new_segmentation_node(scene, ct, "output")
+    before = count_nodes(scene)
+    job = logic.startSegment(ct, *liver, outputSegmentationNode=output, inProcess=True)
+    job.cancel()
+    drive(job)
+    if job.output is None:  # cancelled before it finished (it may win the race on a fast machine)
+        assert job.cancelled and job.error is None
+        with pytest.raises(Cancelled):
+            logic.finishSegment(job)
+        assert count_nodes(scene) == before and output.GetSegmentation().GetNumberOfSegments() == 0
+    with pytest.raises(InputError, match=r"outside \(0, 1\)"):  # refused before any thread starts
+        logic.startSegment(ct, *liver, threshold=1.5, inProcess=True)
+    job = logic.startSegment(ct, *liver, inProcess=True)
+    scene.RemoveNode(ct)  # the CT goes away while it is segmented: nothing is put into the scene
+    drive(job)
+    with pytest.raises(InputError, match="removed"):
+        logic.finishSegment(job)
 
 
 def test_background_segment_into_a_chosen_output_keeps_user_segments(library_with_model, scene, ct, liver, phantom):

@@ -10,11 +10,12 @@ First page: from starting the server process to the page's Segment button in Deb
 a connection (polled with a plain socket, as a user would open it once the URL is printed). Segment: the command line is
 `livertumorseg segment ct --liver liver --out x.seg.nrrd` (wall time: Python start, model load,
 reading, the network, writing); the browser's is from clicking Segment to the lesion count in the
-page (the Logic writes the CT for its background `livertumorseg segment`, reads the result back,
-puts it into the scene with the closed surfaces and lesion table, the views re-render). The CT is
+page (the Logic's Segment on a worker thread of the server, then the result put into the scene
+with the closed surfaces and lesion table, the views re-render). `logic_background_segment_s`
+times the Slicer panel's path too: a background `livertumorseg segment` process. The CT is
 benchmarks/big_volume.py's synthetic one (0.75 x 0.75 x 1 mm, a 2 L liver, 6 tumors), uploaded
 before the clock starts. Memory: the server's resident set (VmRSS, and its peak VmHWM) idle after
-start, after the upload, and after Segment; the Segment child's own peak is not in it.
+start, after the upload, and after Segment (the Segment's arrays are in it).
 """
 
 from __future__ import annotations

@@ -380,6 +380,104 @@ class SegmentJob(BackgroundJob):
         self.cleanup()
 
 
+class SegmentThreadJob:
+    """`segment` on a worker thread of this process, for a front end that keeps the engine loaded
+    (the web server): no process to start, no imports, no files to write and read back (the
+    browser's Segment took 4.4 s longer than the command line that way). The network and most
+    of SciPy release the GIL, so the front end keeps serving meanwhile. The same surface as
+    SegmentJob (poll, finished, latest, elapsed, cancel, stop, error, warnings); finishSegment
+    puts the result into the scene on the main thread, as MRML must be used from one thread.
+    Cancel is honoured at the next progress report (between network tiles)."""
+
+    what = "segmentation"
+    stageSpans = SEGMENT_STAGE_SPAN
+
+    def __init__(self, image: Volume, liver, model, threshold: float, request: dict):
+        self.request = request
+        self.image, self.liver = image, liver
+        self.log: list[str] = []
+        self.warnings: list[str] = []
+        self.latest: dict | None = None
+        self.result: dict | None = None
+        self.output = None  # inference.SegmentResult once it succeeded
+        self.error: str | None = None
+        self.cancelled = False
+        self.sceneClosed = False
+        self.finished = False
+        self.startTime = time.monotonic()
+        self._failure: str | None = None
+        self._updates: queue.Queue = queue.Queue()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(model, threshold), name="LiverTumorSeg segment", daemon=True)
+        self._thread.start()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.startTime
+
+    def _run(self, model, threshold: float) -> None:
+        from .inference import segment
+
+        try:
+            self.output = segment(self.image, self.liver, model, threshold=threshold, progress=self._report)
+        except Cancelled:
+            pass
+        except InputError as error:
+            self._failure = str(error)
+        except MemoryError:
+            self._failure = "segmentation ran out of memory; nothing was written: close other programs or give a liver mask"
+        except Exception as error:  # noqa: BLE001 - one line for the user, the details in the log
+            self.log.append(f"{type(error).__name__}: {error}")
+            self._failure = f"segmentation failed ({type(error).__name__}: {str(error)[:200]}); nothing was written"
+        finally:
+            self._done.set()
+
+    def _report(self, info: dict) -> None:
+        if self.cancelled:
+            raise Cancelled("segmentation was cancelled")
+        self._updates.put(dict(info))
+
+    def poll(self) -> list[dict]:
+        """Progress dicts since the last call; `finished` turns True in the call that returns the last ones."""
+        done = self._done.is_set()
+        updates = []
+        while True:
+            try:
+                info = self._updates.get_nowait()
+            except queue.Empty:
+                break
+            if info.get("stage") == "done":
+                self.result = info
+            self.latest = info
+            updates.append(info)
+        if done and not self.finished:
+            self.finished = True
+            if not self.cancelled and self.output is None:
+                self.error = self._failure or "segmentation stopped without a result; nothing was written"
+        return updates
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        if not self._done.is_set():
+            self.cancelled = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel and wait for the thread (it stops at its next progress report)."""
+        self.cancel()
+        self._thread.join(timeout)
+        self.poll()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the thread is done (scripts and tests); then poll()."""
+        self._thread.join(timeout)
+        self.poll()
+
+    def cleanup(self) -> None:
+        """Let go of the arrays (the CT's copy, the liver, the result: about 1 GB for a
+        512 x 512 x 200 CT) once finishSegment has put them into the scene."""
+        if self.finished:
+            self.image = self.liver = self.output = None
+
+
 def _readArray(path: Path) -> np.ndarray:
     """The (z, y, x) voxel array of an image file the command line wrote on the CT's own grid.
     Its uncompressed NRRD is read straight into the array (io.read_raw_nrrd: one read, no
@@ -658,7 +756,8 @@ class LiverTumorSegLogic:
         replaceEdited=False,
         showProbability=False,
         threads=None,
-    ) -> SegmentJob:
+        inProcess=False,
+    ) -> SegmentJob | SegmentThreadJob:
         """`segment` in a background process (`livertumorseg segment`), so the GUI never waits.
 
         The CT and the liver region are written to a scratch folder here (uncompressed: fast),
@@ -667,6 +766,10 @@ class LiverTumorSegLogic:
         name or a model folder. `job.poll()` returns its progress dicts (stages prepare, network,
         postprocess, done; `describeProgress(info, job.stageSpans)` for a progress bar).
         `threads`: torch threads of the job (default: all cores but one, left to the GUI).
+        `inProcess`: run it on a worker thread of this process instead (SegmentThreadJob: for a
+        server that keeps the engine loaded; `threads` then does not apply, the process's torch
+        threads are used). The Slicer widget keeps the process: running out of memory there
+        ends the child, not Slicer.
         """
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
@@ -679,6 +782,15 @@ class LiverTumorSegLogic:
         threshold, minLesion = self._modelThreshold(modelFolder, threshold)
         image = mrml.volume_from_node(ctNode)
         liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
+        request = {
+            "ct": ctNode, "output": outputSegmentationNode, "replaceEdited": bool(replaceEdited),
+            "showProbability": bool(showProbability), "threshold": threshold, "minLesion": minLesion,
+            "model": str(modelFolder), "region": liver is not None,
+        }
+        if inProcess:
+            trained = self.loadModel(modelFolder)
+            self._checkMemory(image, liver, trained)
+            return self._track(SegmentThreadJob(image, liver, trained, threshold, request))
 
         import SimpleITK as sitk
 
@@ -696,11 +808,6 @@ class LiverTumorSegLogic:
             if liver is not None:
                 sitk.WriteImage(image.with_array(liver.astype(np.uint8)).to_sitk(), str(folder / "liver.nrrd"), False)
                 command += ["--liver", str(folder / "liver.nrrd")]
-            request = {
-                "ct": ctNode, "output": outputSegmentationNode, "replaceEdited": bool(replaceEdited),
-                "showProbability": bool(showProbability), "threshold": threshold, "minLesion": minLesion,
-                "model": str(modelFolder), "region": liver is not None,
-            }
             packageParent = str(Path(__file__).resolve().parent.parent)
             return self._track(SegmentJob(command, env=_childEnvironment(), cwd=packageParent, folder=folder,
                                           request=request))
@@ -708,7 +815,7 @@ class LiverTumorSegLogic:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def finishSegment(self, job: SegmentJob):
+    def finishSegment(self, job: SegmentJob | SegmentThreadJob):
         """Put a finished background Segment into the scene; returns (segmentationNode, lesionTableNode).
 
         Raises Cancelled when it was cancelled and InputError when it failed or when the CT was
@@ -732,13 +839,19 @@ class LiverTumorSegLogic:
             if output is not None and output.GetScene() is None:
                 output = None  # the chosen output was deleted meanwhile: a new node instead
             image = mrml.volume_from_node(ctNode)
-            probability = _readArray(job.folder / "prob.nrrd").astype(np.float32, copy=False)
-            tumor = _readArray(job.folder / "tumor.nrrd") > 0
-            liver = _readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
+            if isinstance(job, SegmentThreadJob):
+                probability, tumor, liver = job.output.probability.array, job.output.tumor.array > 0, job.liver
+            else:
+                probability = _readArray(job.folder / "prob.nrrd").astype(np.float32, copy=False)
+                tumor = _readArray(job.folder / "tumor.nrrd") > 0
+                liver = _readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
             if probability.shape != image.shape or tumor.shape != image.shape:
                 raise InputError("the CT changed while it was being segmented; segment it again")
-            box = _boundingBox(tumor)
-            lesions = lesions_in_box(tumor, image, probability, box) if box else []
+            if isinstance(job, SegmentThreadJob):
+                lesions = job.output.lesions
+            else:
+                box = _boundingBox(tumor)
+                lesions = lesions_in_box(tumor, image, probability, box) if box else []
             return self._putResult(
                 ctNode, liver, tumor, probability, lesions, request["threshold"], request["minLesion"],
                 request["model"], output, request["replaceEdited"], request["showProbability"],

@@ -1,7 +1,7 @@
 """The web page: the Slicer panel's workflow on trame-slicer (single user, served on loopback).
 
 Load a CT and its liver (upload: a file, a DICOM series as files or one .zip; or a library case),
-Segment in the background with a progress bar and Cancel, the tumor segment over the CT in three
+Segment (on a worker thread of the server) with a progress bar and Cancel, the tumor segment over the CT in three
 slice views and 3D, the lesion table (a row click centres the views on it), the threshold slider,
 trame-slicer's segment editor (paint, erase, scissors, islands, threshold, undo), Add case,
 Retrain in the background, the model list (Use = activate; an older one = rollback) and the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -285,10 +284,10 @@ class LiverTumorSegWebApp(TrameApp):
             return
         try:
             liverNode, liverId = self.liver if self.liver else (None, None)
-            # All cores: the widget leaves one to Slicer's GUI; this server only polls and renders on demand.
+            # On a worker thread of this server, which keeps the engine loaded (no process start,
+            # no imports, no files); the widget uses a process, so that Slicer survives a failure.
             self.segmentJob = self.logic.startSegment(self.ct, liverNode, liverId, outputSegmentationNode=self.output,
-                                                      replaceEdited=bool(self.state.lts_replace_edits),
-                                                      threads=os.cpu_count() or 1)
+                                                      replaceEdited=bool(self.state.lts_replace_edits), inProcess=True)
         except Exception as error:  # noqa: BLE001
             self._fail("Could not start the segmentation", error)
             return
