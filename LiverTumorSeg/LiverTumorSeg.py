@@ -90,7 +90,8 @@ class LiverTumorSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorSeg contributors"]
         self.parent.helpText = _("""
-Segments liver tumors in a CT inside a liver segment (or ROI) with MHP-Net, shows a lesion table,
+Segments liver tumors in a CT inside a liver segment (or ROI) with MHP-Net and a pass for the
+10-25 mm spots it misses, shows a lesion table,
 and learns from your corrections: correct the result in the Segment Editor, add the case to your
 training set, and Retrain (in the background). Every trained version is kept; choose an older one
 in the model list to roll back.

@@ -158,11 +158,14 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
     # The default is fixed (auto measured no better) and model.json says why.
     assert meta["synthesis"]["requested"] == "default" and meta["synthesis"]["mode"] == "fixed"
     assert meta["synthesis"]["why"].startswith("default") and lines[-1]["synthesis"].startswith("synthetic data: fixed")
+    parent = json.loads((Path(tiny_model_dir) / "model.json").read_text())
+    assert meta["spot_detector"] == parent.get("spot_detector")  # Retrain keeps the parent's spot pass
     off = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v004", "--synthesis", "off",
-                  "--max-steps", "2", "--minutes", "1", "--threads", "1")
+                  "--max-steps", "2", "--minutes", "1", "--threads", "1", "--no-spot-pass")
     assert off.returncode == 0, off.stderr
     meta = json.loads((tmp_path / "v004" / "model.json").read_text())
     assert meta["synthesis"]["mode"] == "off" and meta["n_synthetic_cases"] == 0 and "synthetic data: off" in off.stdout
+    assert meta["spot_detector"] is None and meta["settings"]["spot_pass"] is False
     bad = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v003", "--synthesis", "sometimes")
     assert bad.returncode == 2 and "--synthesis" in bad.stderr and not (tmp_path / "v003").exists()
     bad = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v003", "--threads", "0")

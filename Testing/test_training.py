@@ -72,7 +72,11 @@ def test_trained_model_segments_an_unseen_case(trained):
 def test_training_reports_progress_and_records_what_it_did(trained):
     model, reports = trained
     stages = [r["stage"] for r in reports]
-    assert stages[0] == "prepare" and "train" in stages and stages[-1] == "validate"
+    assert stages[0] == "prepare" and "train" in stages and stages[-2:] == ["spot pass", "spot pass"]
+    assert stages.index("train") < stages.index("validate") < stages.index("spot pass")
+    spots = model.meta["spot_detector"]  # fitted on these cases and synthetic copies of them
+    assert 0.0 < spots["cut"] < 1.0 and spots["settings"]["min_diameter_mm"] == 10.0
+    assert spots["fit_summary"]["groups"] == 3 and spots["fit_summary"]["tumor_candidates"] >= 3
     train = [r for r in reports if r["stage"] == "train"]
     assert train[-1]["step"] == 120 and all(set(r) >= {"step", "total", "elapsed_s", "eta_s", "loss"} for r in train)
     assert train[-1]["loss"] < train[0]["loss"]
@@ -126,6 +130,7 @@ def test_fine_tuning_starts_from_the_model_and_replays_all_cases(trained, cases,
     assert tuned.meta["parent"] == "v001"
     assert tuned.meta["training_cases"] == [c[0] for c in cases] + ["phantom-14"]
     assert tuned.spec == model.spec and tuned.feature_settings == model.feature_settings
+    assert tuned.meta["spot_detector"] == parent.meta["spot_detector"] is not None  # kept, not refitted on the few new cases
     # Four small steps from the parent stay near it; a fresh network is far away.
     p, t = model.network.state_dict(), tuned.network.state_dict()
     moved = sum(float((t[k] - p[k]).abs().sum()) for k in p if p[k].dtype.is_floating_point)

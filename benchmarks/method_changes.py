@@ -271,7 +271,12 @@ def main(argv=None) -> dict:
 
         from LiverTumorSegLib.modelstore import default_model_path
 
+        import json
+
+        spots = json.loads((default_model_path() / "model.json").read_text()).get("spot_detector")
         cache_config["default_model"] = hashlib.sha1((default_model_path() / "model.pt").read_bytes()).hexdigest()[:10]
+        if spots:  # the shipped spot pass is part of what is measured (spots.py, scripts/fit_spot_pass.py)
+            cache_config["default_spot_pass"] = hashlib.sha1(json.dumps(spots, sort_keys=True).encode()).hexdigest()[:10]
     work = (args.work or bc.WORK_DIR / "method_changes") / f"{preset}-{bc.config_key(cache_config)}-engine{sd.engine_hash()}"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -34,7 +34,7 @@ import numpy as np
 import benchcommon as bc
 
 ARCHS = ("mhpnet", "unet3d")
-STAGES = ("read_s", "crop_resample_s", "normalize_s", "hessian_s", "network_s", "to_input_grid_s", "threshold_s",
+STAGES = ("read_s", "crop_resample_s", "normalize_s", "hessian_s", "network_s", "to_input_grid_s", "spots_s", "threshold_s",
           "lesions_s", "write_s")
 PRESETS = {
     "full": dict(matrix=512, sizes=[100, 200, 400, 600], repeats=5, warmup=1, large_repeats=None, train_phantom="medium",

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic training data: off; fixed (the copies above, fixed settings); auto (the segmenter "
                         "chooses the synthesis settings and ratio by validation on your held-out cases, in the same "
                         "step budget). Default: fixed (auto measured no better, benchmarks/RESULTS.md); model.json records the choice")
+    p.add_argument("--no-spot-pass", action="store_true",
+                   help="no spot pass (10-25 mm spots the network misses, fitted on your cases; with --init the "
+                        "parent's is kept unless this is given)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
@@ -403,7 +406,8 @@ def cmd_train(args) -> int:
         hessian = {"use_hessian": False} if args.no_hessian else {}
         synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
         synthetic["synthesis"] = args.synthesis or "default"
-        settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, **budget, **hessian, **synthetic)
+        settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, spot_pass=not args.no_spot_pass,
+                                 **budget, **hessian, **synthetic)
         report, close = make_progress_printer(args.progress_json)
         try:
             model = train_model(cases, settings, init=init, progress=report)

@@ -1,5 +1,5 @@
 """Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
-the CT grid -> threshold inside the liver -> drop specks -> lesion table.
+the CT grid -> the spot pass (spots.py) -> threshold inside the liver -> drop specks -> lesion table.
 
 Speed (METHOD.md): small windows at 50% overlap compute each voxel ~8 times, and one window per
 forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
@@ -21,6 +21,7 @@ from scipy import ndimage
 from .errors import InputError
 from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions, lesion_table
 from .preprocess import prepare_case
+from .spots import detector_of
 from .volume import Volume
 
 # One pass over at most this many working voxels (about 0.8 GB of activations for MHP-Net).
@@ -75,8 +76,13 @@ def segment(
         probability[z0:z1, y0:y1, x0:x1] *= liver[z0:z1, y0:y1, x0:x1]
     timings["to_input_grid_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     report("postprocess", 0, 1)
+    detector = detector_of(model)
+    if detector is not None and liver is not None:  # the 10-25 mm spots the network misses (spots.py)
+        t = time.perf_counter()
+        detector.add_to(probability, image, liver, float(model.threshold))
+        timings["spots_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     mask = mask_from_probability(probability, liver, threshold, image.spacing_zyx, model.min_lesion_mm3)
     timings["threshold_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -75,7 +75,10 @@ class TrainSettings:
     callers (benchmarks, the default model's build) keep their measured behaviour.
     lesion_weight_gamma: weight of each tumor voxel in the loss by its tumor's size
     (patches.lesion_weights; 0 = every voxel alike, 1 = every tumor under 20 mm weighs as much as
-    a 20 mm one)."""
+    a 20 mm one).
+    spot_pass: fit the spot pass (spots.py: 10-25 mm spots the network misses) on the training
+    cases and synthetic copies of them, stored in meta "spot_detector"; fine-tuning keeps the
+    parent's instead (fitted on the default recipe's data, it is not relearnt from a few cases)."""
 
     seed: int = 0
     minutes: float = 5.0
@@ -107,6 +110,7 @@ class TrainSettings:
     lesion_weight_gamma: float = 0.0
     synthesis: str = "fixed"
     synthesis_search_share: float = 0.3
+    spot_pass: bool = True
 
     def __post_init__(self):
         from .synthesis_search import MODES
@@ -217,6 +221,8 @@ def train_model(
     val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
     if init is not None:  # the parent is scored too: its validation pieces and the check set
         val_reserve_s = 2 * val_reserve_s + 3.0 * settings.check_cases
+    if init is None and settings.spot_pass:  # fitting it on 5 copies of each case, after the training
+        val_reserve_s += sum(5 * (0.3 + 1.5e-7 * (b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4])) for b in (p.box for p in prepared))
     deadline = start + settings.minutes * 60.0 - val_reserve_s
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -271,12 +277,30 @@ def train_model(
         "synthesis": synthesis,
         "n_rehearsal_cases": settings.rehearsal_cases if init is not None else 0,
     }
+    meta["spot_detector"] = _spot_detector(cases, init, settings, clock)
     averaged.eval()
     model = TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
     if init is not None:
         meta["parent_check"] = parent_check(model, init, prepared, split, pieces, settings, clock)
         meta["total_seconds"] = round(time.perf_counter() - start, 1)
     return model
+
+
+def _spot_detector(cases, init: TrainedModel | None, settings: TrainSettings, clock) -> dict | None:
+    """model.json's "spot_detector": the parent's when fine-tuning, else fitted here on the
+    training cases and 4 copies of each with synthetic 5-20 mm tumors (None when they hold too
+    few candidates to learn from)."""
+    if not settings.spot_pass:
+        return None
+    if init is not None:
+        return init.meta.get("spot_detector")
+    from .spots import fit_spot_detector, spot_fitting_cases
+
+    clock.check()
+    clock.report("spot pass", 0, 1)
+    detector = fit_spot_detector(spot_fitting_cases(cases, settings.seed, variants=4))
+    clock.report("spot pass", 1, 1)
+    return None if detector is None else detector.to_dict()
 
 
 def _rehearsal_prepared(settings: TrainSettings, features: FeatureSettings, clock) -> list:
