@@ -159,7 +159,7 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
     assert meta["synthesis"]["requested"] == "default" and meta["synthesis"]["mode"] == "fixed"
     assert meta["synthesis"]["why"].startswith("default") and lines[-1]["synthesis"].startswith("synthetic data: fixed")
     parent = json.loads((Path(tiny_model_dir) / "model.json").read_text())
-    assert meta["spot_detector"] == parent.get("spot_detector")  # Retrain keeps the parent's spot pass
+    assert meta["spot_detector"] == parent["spot_detector"] is not None  # Retrain keeps the parent's spot pass
     off = run_cli("train", phantom_case_dirs[0].parent, "--out", tmp_path / "v004", "--synthesis", "off",
                   "--max-steps", "2", "--minutes", "1", "--threads", "1", "--no-spot-pass")
     assert off.returncode == 0, off.stderr

@@ -78,7 +78,8 @@ def test_the_threshold_map_sends_the_cut_to_the_threshold():
 def fitting_cases():
     settings = PhantomSettings.small(n_tumors=(3, 5), tumor_diameter_mm=(10.0, 25.0))
     phantoms = [make_phantom(seed, settings) for seed in (31, 32)]
-    return spot_fitting_cases([(f"p{seed}", p.image, p.labels) for seed, p in zip((31, 32), phantoms)], seed=0, variants=2)
+    return list(spot_fitting_cases([(f"p{seed}", p.image, p.labels) for seed, p in zip((31, 32), phantoms)], seed=0,
+                                   variants=2))
 
 
 def test_fitting_is_deterministic_and_round_trips(fitting_cases, liver_with_spots):
@@ -89,7 +90,7 @@ def test_fitting_is_deterministic_and_round_trips(fitting_cases, liver_with_spot
         for _, _, labels in fitting_cases[k + 1:k + 3]:
             np.testing.assert_array_equal(labels > 0, original > 0)
             assert np.all(labels[original == 2] == 2) and (labels == 2).sum() > (original == 2).sum()
-    a, b = fit_spot_detector(fitting_cases), fit_spot_detector(fitting_cases)
+    a, b = fit_spot_detector(fitting_cases), fit_spot_detector(iter(fitting_cases))  # a list or a generator
     assert a is not None and a.to_dict() == b.to_dict()
     assert a.fit_summary["tumor_candidates"] >= 3 and 0.0 < a.cut < 1.0
     again = SpotDetector.from_dict(a.to_dict())
@@ -144,3 +145,25 @@ def test_a_fine_ct_is_searched_on_a_coarser_grid_and_mapped_back(liver_with_spot
     accept_all = SpotDetector(SpotSettings(), [0.0] * len(FEATURES), [1.0] * len(FEATURES), [0.0] * len(FEATURES), 10.0, 0.5)
     assert accept_all.add_to(probability, fine_image, fine_liver, 0.7) == len(features)
     np.testing.assert_array_equal(probability >= 0.7, found)
+
+
+def test_the_shipped_spot_pass_is_what_its_script_fits():
+    """Resources/Models/default's spot pass is regenerated, not hand-made: scripts/fit_spot_pass.py
+    on the rehearsal phantoms gives the same classifier (to the rounding of float sums)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        from fit_spot_pass import default_spot_pass
+    finally:
+        sys.path.remove(str(scripts))
+    shipped = json.loads((default_model_path() / "model.json").read_text())["spot_detector"]
+    fitted = default_spot_pass()
+    assert fitted["cut"] == shipped["cut"] and fitted["settings"] == shipped["settings"]
+    assert fitted["fit_summary"] == shipped["fit_summary"] and fitted["fitted_on"] == shipped["fitted_on"]
+    for key in ("mean", "scale", "weights"):
+        np.testing.assert_allclose(fitted[key], shipped[key], atol=1e-4)
+    assert abs(fitted["bias"] - shipped["bias"]) < 1e-4

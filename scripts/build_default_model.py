@@ -115,7 +115,8 @@ def main() -> int:
         return 0
     features = FeatureSettings(hessian_outside=args.hessian_outside, **({"fine_hessian_mm": None} if args.no_fine_hessian else {}))
     settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps, features=features,
-                             lesion_weight_gamma=args.lesion_weight, spot_pass=False)  # fitted below, on phantoms only
+                             lesion_weight_gamma=args.lesion_weight,
+                             spot_pass=False)  # not on this data: fitted below (model.json says by what)
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()
     try:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 from LiverTumorSegLib.fsutil import write_json_atomic  # noqa: E402
 from LiverTumorSegLib.modelstore import META_FILE, default_model_path  # noqa: E402
 from LiverTumorSegLib.rehearsal import rehearsal_cases  # noqa: E402
-from LiverTumorSegLib.spots import fit_spot_detector, spot_fitting_cases  # noqa: E402
+from LiverTumorSegLib.spots import SPOT_VARIANTS, fit_spot_detector, spot_fitting_cases  # noqa: E402
 
 FITTING_PHANTOMS = 6
 SEED = 0
@@ -32,11 +32,12 @@ SEED = 0
 
 def default_spot_pass() -> dict | None:
     """The default model's spot pass, as model.json stores it (deterministic)."""
-    detector = fit_spot_detector(spot_fitting_cases(rehearsal_cases(FITTING_PHANTOMS), SEED, variants=4))
+    detector = fit_spot_detector(spot_fitting_cases(rehearsal_cases(FITTING_PHANTOMS), SEED))
     if detector is None:
         return None
-    return {**detector.to_dict(), "fitted_on": f"{FITTING_PHANTOMS} rehearsal phantoms (rehearsal.py) and 4 copies of each "
-                                                f"with synthetic 5-20 mm tumors (spots.SYNTHETIC_SMALL, seed {SEED})"}
+    return {**detector.to_dict(), "fitted_on": f"{FITTING_PHANTOMS} rehearsal phantoms (rehearsal.py) and {SPOT_VARIANTS} copies "
+                                                f"of each with synthetic 5-20 mm tumors (spots.SYNTHETIC_SMALL, seed {SEED}), "
+                                                "by scripts/fit_spot_pass.py"}
 
 
 def main() -> int:

@@ -196,6 +196,16 @@ def formatMinutes(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _drained(items: queue.Queue) -> list:
+    """Everything in the queue now, without waiting (a job's output lines or progress dicts)."""
+    out = []
+    while True:
+        try:
+            out.append(items.get_nowait())
+        except queue.Empty:
+            return out
+
+
 class BackgroundJob:
     """A `livertumorseg` command (train, segment) running in a background process.
 
@@ -253,11 +263,7 @@ class BackgroundJob:
         """Progress dicts printed since the last call; `finished` turns True in the call that returns the last ones."""
         exited = self._exited.is_set()
         updates = []
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
+        for line in _drained(self._lines):
             info = _progressFromLine(line)
             if info is None:
                 if line.strip():
@@ -427,7 +433,9 @@ class SegmentThreadJob:
         except MemoryError:
             self._failure = "segmentation ran out of memory; nothing was written: close other programs or give a liver mask"
         except Exception as error:  # noqa: BLE001 - one line for the user, the details in the log
-            self.log.append(f"{type(error).__name__}: {error}")
+            import traceback
+
+            self.log += traceback.format_exc().splitlines()
             self._failure = f"segmentation failed ({type(error).__name__}: {str(error)[:200]}); nothing was written"
         finally:
             self._done.set()
@@ -441,11 +449,7 @@ class SegmentThreadJob:
         """Progress dicts since the last call; `finished` turns True in the call that returns the last ones."""
         done = self._done.is_set()
         updates = []
-        while True:
-            try:
-                info = self._updates.get_nowait()
-            except queue.Empty:
-                break
+        for info in _drained(self._updates):
             if info.get("stage") == "done":
                 self.result = info
             self.latest = info
@@ -457,7 +461,9 @@ class SegmentThreadJob:
         return updates
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        if not self._done.is_set():
+        """Cancelled until finishSegment has seen the result: a result that arrives after
+        Cancel is dropped, as the process job's would be."""
+        if not self.finished:
             self.cancelled = True
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -847,11 +853,8 @@ class LiverTumorSegLogic:
                 liver = _readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
             if probability.shape != image.shape or tumor.shape != image.shape:
                 raise InputError("the CT changed while it was being segmented; segment it again")
-            if isinstance(job, SegmentThreadJob):
-                lesions = job.output.lesions
-            else:
-                box = _boundingBox(tumor)
-                lesions = lesions_in_box(tumor, image, probability, box) if box else []
+            box = _boundingBox(tumor)  # measured on the CT's geometry now (it may have moved meanwhile)
+            lesions = lesions_in_box(tumor, image, probability, box) if box else []
             return self._putResult(
                 ctNode, liver, tumor, probability, lesions, request["threshold"], request["minLesion"],
                 request["model"], output, request["replaceEdited"], request["showProbability"],

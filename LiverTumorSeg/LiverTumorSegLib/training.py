@@ -221,8 +221,11 @@ def train_model(
     val_reserve_s = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
     if init is not None:  # the parent is scored too: its validation pieces and the check set
         val_reserve_s = 2 * val_reserve_s + 3.0 * settings.check_cases
-    if init is None and settings.spot_pass:  # fitting it on 5 copies of each case, after the training
-        val_reserve_s += sum(5 * (0.3 + 1.5e-7 * (b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4])) for b in (p.box for p in prepared))
+    if init is None and settings.spot_pass:  # the spot pass is fitted after the training: each case and its copies
+        from .spots import SPOT_VARIANTS
+
+        val_reserve_s += sum((1 + SPOT_VARIANTS) * (0.3 + 1.5e-7 * (b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]))
+                             for b in (p.box for p in prepared))
     deadline = start + settings.minutes * 60.0 - val_reserve_s
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -269,7 +272,7 @@ def train_model(
         "final_loss": last_loss,
         "validation": validation,
         "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
+        "total_seconds": None,  # below, once the spot pass is fitted
         "n_parameters": int(sum(p.numel() for p in averaged.parameters())),
         "torch_threads": int(torch.get_num_threads()),  # the same seed gives the same weights per thread count
         "n_tumors": n_real_tumors,
@@ -278,6 +281,7 @@ def train_model(
         "n_rehearsal_cases": settings.rehearsal_cases if init is not None else 0,
     }
     meta["spot_detector"] = _spot_detector(cases, init, settings, clock)
+    meta["total_seconds"] = round(time.perf_counter() - start, 1)
     averaged.eval()
     model = TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
     if init is not None:
@@ -288,7 +292,7 @@ def train_model(
 
 def _spot_detector(cases, init: TrainedModel | None, settings: TrainSettings, clock) -> dict | None:
     """model.json's "spot_detector": the parent's when fine-tuning, else fitted here on the
-    training cases and 4 copies of each with synthetic 5-20 mm tumors (None when they hold too
+    training cases and synthetic copies of each with 5-20 mm tumors (None when they hold too
     few candidates to learn from)."""
     if not settings.spot_pass:
         return None
@@ -296,9 +300,8 @@ def _spot_detector(cases, init: TrainedModel | None, settings: TrainSettings, cl
         return init.meta.get("spot_detector")
     from .spots import fit_spot_detector, spot_fitting_cases
 
-    clock.check()
     clock.report("spot pass", 0, 1)
-    detector = fit_spot_detector(spot_fitting_cases(cases, settings.seed, variants=4))
+    detector = fit_spot_detector(spot_fitting_cases(cases, settings.seed), check=clock.check)
     clock.report("spot pass", 1, 1)
     return None if detector is None else detector.to_dict()
 
