@@ -206,7 +206,38 @@ def _drained(items: queue.Queue) -> list:
             return out
 
 
-class BackgroundJob:
+class _JobState:
+    """What a front end reads of a running job, whatever runs it (a process, a thread): its
+    progress dicts, log, outcome and age."""
+
+    def __init__(self):
+        self.log: list[str] = []  # lines for the details: the command's non-progress output, a traceback
+        self.latest: dict | None = None
+        self.result: dict | None = None  # the final {"stage": "done", ...} (train: with "model" and "validation")
+        self.error: str | None = None
+        self.cancelled = False
+        self.sceneClosed = False  # cancelled because the scene was closed
+        self.finished = False
+        self.startTime = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.startTime
+
+    @property
+    def warnings(self) -> list[str]:
+        """The job's `warning:` lines (e.g. training cases it skipped), without the prefix."""
+        return [line[len("warning:"):].strip() for line in self.log if line.startswith("warning:")]
+
+    def _record(self, info: dict) -> dict:
+        """Keep a progress dict as the latest (and as the result when it is the last)."""
+        if info.get("stage") == "done":
+            self.result = info
+        self.latest = info
+        return info
+
+
+class BackgroundJob(_JobState):
     """A `livertumorseg` command (train, segment) running in a background process.
 
     A reader thread moves the child's output lines into a queue; `poll()` (called from a QTimer
@@ -220,17 +251,10 @@ class BackgroundJob:
     stageSpans = TRAINING_STAGE_SPAN  # for describeProgress
 
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None, outPath=None):
+        super().__init__()
         self.command = [str(c) for c in command]
         self.outPath = Path(outPath) if outPath else None
-        self.log: list[str] = []  # output lines that are not progress JSON (warnings, errors)
-        self.latest: dict | None = None
-        self.result: dict | None = None  # the final {"stage": "done", ...} (train: with "model" and "validation")
-        self.error: str | None = None
-        self.cancelled = False
-        self.sceneClosed = False  # cancelled because the scene was closed
-        self.finished = False
         self.returncode: int | None = None
-        self.startTime = time.monotonic()
         self._lines: queue.Queue = queue.Queue()
         self._exited = threading.Event()
         kwargs: dict = {}
@@ -249,10 +273,6 @@ class BackgroundJob:
     def pid(self) -> int:
         return self._process.pid
 
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.startTime
-
     def _read(self) -> None:
         for line in self._process.stdout:
             self._lines.put(line.rstrip("\r\n"))
@@ -269,10 +289,7 @@ class BackgroundJob:
                 if line.strip():
                     self.log.append(line)
                 continue
-            if info.get("stage") == "done":
-                self.result = info
-            self.latest = info
-            updates.append(info)
+            updates.append(self._record(info))
         if exited and not self.finished:
             self.returncode = self._process.returncode
             self.finished = True
@@ -283,11 +300,6 @@ class BackgroundJob:
     def _succeeded(self) -> bool:
         """Exit code 0 is not enough for training: it must also have reported its result."""
         return self.result is not None
-
-    @property
-    def warnings(self) -> list[str]:
-        """The job's `warning:` lines (e.g. training cases it skipped), without the prefix."""
-        return [line[len("warning:"):].strip() for line in self.log if line.startswith("warning:")]
 
     def _errorMessage(self) -> str:
         """One line for the user: the command's own `error:` line, else what ended it (a signal,
@@ -386,7 +398,7 @@ class SegmentJob(BackgroundJob):
         self.cleanup()
 
 
-class SegmentThreadJob:
+class SegmentThreadJob(_JobState):
     """`segment` on a worker thread of this process, for a front end that keeps the engine loaded
     (the web server): no process to start, no imports, no files to write and read back (the
     browser's Segment took 4.4 s longer than the command line that way). The network and most
@@ -399,27 +411,15 @@ class SegmentThreadJob:
     stageSpans = SEGMENT_STAGE_SPAN
 
     def __init__(self, image: Volume, liver, model, threshold: float, request: dict):
+        super().__init__()
         self.request = request
         self.image, self.liver = image, liver
-        self.log: list[str] = []
-        self.warnings: list[str] = []
-        self.latest: dict | None = None
-        self.result: dict | None = None
         self.output = None  # inference.SegmentResult once it succeeded
-        self.error: str | None = None
-        self.cancelled = False
-        self.sceneClosed = False
-        self.finished = False
-        self.startTime = time.monotonic()
         self._failure: str | None = None
         self._updates: queue.Queue = queue.Queue()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(model, threshold), name="LiverTumorSeg segment", daemon=True)
         self._thread.start()
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.startTime
 
     def _run(self, model, threshold: float) -> None:
         from .inference import segment
@@ -448,12 +448,7 @@ class SegmentThreadJob:
     def poll(self) -> list[dict]:
         """Progress dicts since the last call; `finished` turns True in the call that returns the last ones."""
         done = self._done.is_set()
-        updates = []
-        for info in _drained(self._updates):
-            if info.get("stage") == "done":
-                self.result = info
-            self.latest = info
-            updates.append(info)
+        updates = [self._record(info) for info in _drained(self._updates)]
         if done and not self.finished:
             self.finished = True
             if not self.cancelled and self.output is None:
@@ -469,11 +464,6 @@ class SegmentThreadJob:
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel and wait for the thread (it stops at its next progress report)."""
         self.cancel()
-        self._thread.join(timeout)
-        self.poll()
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the thread is done (scripts and tests); then poll()."""
         self._thread.join(timeout)
         self.poll()
 
