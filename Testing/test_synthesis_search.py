@@ -89,7 +89,7 @@ def test_modes_resolve_and_bad_values_name_the_fix():
     assert resolve_mode("default", 1, 30)[0] == "fixed"
     assert resolve_mode("default", 0, 5)[0] == "off" and resolve_mode("fixed", 0, 5)[0] == "off"
     assert resolve_mode("off", 1, 5)[0] == "off" and resolve_mode("auto", 0, 50)[0] == "auto"
-    assert plan_steps(50, 4, 0.3) is None and plan_steps(400, 4, 0.3)["fork_steps"] == 40
+    assert plan_steps(50, 4, 0.3) is None and plan_steps(400, 3, 0.16) == {"budget_steps": 400, "trunk_steps": 240, "fork_steps": 32, "final_steps": 64, "search_share": 0.16}
     with pytest.raises(InputError, match="synthesis 'sometimes'"):
         TrainSettings(synthesis="sometimes")
     with pytest.raises(InputError, match="synthesis_search_share"):

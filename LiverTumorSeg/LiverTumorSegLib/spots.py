@@ -7,8 +7,9 @@ lesion-level classifier:
 1. contrast map: the CT smoothed inside the liver only, minus the local parenchyma level (an
    8 mm liver-only average of voxels within 2 robust sigmas of the liver median, so tumors,
    vessels and the fat beyond the edge do not bias it), over the noise of that difference;
-   averaged in blocks of up to `grid_mm` first (a 0.75 mm CT becomes 1.5 mm in-plane, a 1 mm
-   one stays: spots of 10 mm and more lose nothing, the pass takes a quarter of the time);
+   averaged in blocks of up to `grid_mm` first (a 0.6-0.9 mm CT becomes 1.2-1.8 mm in-plane, a
+   1 mm one stays: spots of 10 mm and more lose nothing, the pass takes a quarter of the time;
+   at 1.5 mm a 0.8 mm CT stayed at full resolution and the pass took 1.6 s instead of 0.5 s);
 2. candidates: 26-connected spots darker or brighter than `z_cut` noise units, 10-25 mm across;
 3. per candidate: size, peak and mean contrast, contrast to noise in a 2-6 mm liver
    ring, elongation (vessels are tubes) and depth below the liver surface; a logistic regression
@@ -51,7 +52,7 @@ class SpotSettings:
     z_cut: float = 3.0
     min_diameter_mm: float = 10.0
     max_diameter_mm: float = 25.0
-    grid_mm: float = 1.5
+    grid_mm: float = 1.8
 
 
 @dataclass
