@@ -71,19 +71,24 @@ def segment(
     t = time.perf_counter()
     probability = prepared.to_input_grid(prob_work)
     del prob_work
+    z0, z1, y0, y1, x0, x1 = prepared.box
+    box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
     if liver is not None:
-        z0, z1, y0, y1, x0, x1 = prepared.box
-        probability[z0:z1, y0:y1, x0:x1] *= liver[z0:z1, y0:y1, x0:x1]
+        probability[box] *= liver[box]
     timings["to_input_grid_s"] = time.perf_counter() - t
 
     report("postprocess", 0, 1)
     detector = detector_of(model)
     if detector is not None and liver is not None:  # the 10-25 mm spots the network misses (spots.py)
         t = time.perf_counter()
-        detector.add_to(probability, image, liver, float(model.threshold))
+        detector.add_to(probability, image, liver, float(model.threshold), within=box)
         timings["spots_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    mask = mask_from_probability(probability, liver, threshold, image.spacing_zyx, model.min_lesion_mm3)
+    if liver is None:
+        mask = mask_from_probability(probability, None, threshold, image.spacing_zyx, model.min_lesion_mm3)
+    else:  # nothing outside the liver's box can be tumor: threshold and clean up the box only
+        mask = np.zeros(probability.shape, dtype=bool)
+        mask[box] = mask_from_probability(probability[box], liver[box], threshold, image.spacing_zyx, model.min_lesion_mm3)
     timings["threshold_s"] = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_in_box(mask, image, probability, prepared.box)

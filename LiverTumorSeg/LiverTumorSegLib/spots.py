@@ -84,10 +84,12 @@ class SpotDetector:
         x = (features - np.asarray(self.mean)) / np.asarray(self.scale)
         return _sigmoid(x @ np.asarray(self.weights) + self.bias)
 
-    def add_to(self, probability: np.ndarray, image, liver: np.ndarray, threshold: float) -> int:
+    def add_to(self, probability: np.ndarray, image, liver: np.ndarray, threshold: float, within: tuple | None = None) -> int:
         """Raise `probability` (CT grid, in place) to each candidate's score, mapped so that
-        the cut lands on `threshold`; returns the number of candidates at or above it."""
-        candidates = find_candidates(image, liver, self.settings)
+        the cut lands on `threshold`; returns the number of candidates at or above it. `within`:
+        slices known to hold the whole liver (segment's liver box), so it is not searched for
+        in the whole CT again."""
+        candidates = find_candidates(image, liver, self.settings, within=within)
         if candidates is None:
             return 0
         box, factors, labels, features, _ = candidates
@@ -141,13 +143,15 @@ def _normalised_blur(values: np.ndarray, weight: np.ndarray, sigma) -> np.ndarra
     return ndimage.gaussian_filter(values, sigma) / np.maximum(ndimage.gaussian_filter(weight, sigma), 1e-3)
 
 
-def _working_grid(image, liver: np.ndarray, tumor: np.ndarray | None, grid_mm: float):
+def _working_grid(image, liver: np.ndarray, tumor: np.ndarray | None, grid_mm: float, within: tuple | None = None):
     """The liver's box grown by one block (so the liver's surface is inside it: depth, slivers
     and the blurs see it on every side), averaged in blocks of up to grid_mm: (box, factors,
     spacing, HU, liver, tumor fraction or None); HU and tumor are liver-weighted averages."""
     spacing = np.asarray(image.spacing_zyx, dtype=float)
     factors = np.maximum(1, np.floor(grid_mm / spacing + 1e-6)).astype(int)
-    tight = ndimage.find_objects(liver.astype(np.uint8))[0]
+    within = within or tuple(slice(0, n) for n in liver.shape)
+    local = ndimage.find_objects(liver[within].astype(np.uint8))[0]
+    tight = tuple(slice(w.start + t.start, w.start + t.stop) for w, t in zip(within, local))
     box = tuple(slice(max(s.start - k, 0), min(s.stop + k, n)) for s, k, n in zip(tight, factors, liver.shape))
     weight = liver[box].astype(np.float32)
     hu = image.array[box].astype(np.float32) * weight
@@ -161,17 +165,19 @@ def _working_grid(image, liver: np.ndarray, tumor: np.ndarray | None, grid_mm: f
     return box, factors, spacing * factors, coarse_hu, mean_weight >= 0.5, fraction
 
 
-def find_candidates(image, liver: np.ndarray, settings: SpotSettings, tumor: np.ndarray | None = None):
+def find_candidates(image, liver: np.ndarray, settings: SpotSettings, tumor: np.ndarray | None = None,
+                    within: tuple | None = None):
     """(liver box, block factors, candidate labels 1..n on the box's working grid, features
     [n, len(FEATURES)], targets [n] or None) of the dark and bright spots, or None when the liver
     holds none. With `tumor` (bool, CT grid) a candidate's target is 1 when at least
-    TUMOR_OVERLAP of it is tumor. `on_ct_grid` puts the labels back onto the CT's voxels."""
+    TUMOR_OVERLAP of it is tumor. `on_ct_grid` puts the labels back onto the CT's voxels. `within`:
+    slices that hold the whole liver (only there is it looked for)."""
     if liver is None:
         return None
     liver = np.asarray(liver, dtype=bool)
-    if not liver.any():
+    if not (liver[within] if within else liver).any():
         return None
-    box, factors, spacing, hu, inside, fraction = _working_grid(image, liver, tumor, settings.grid_mm)
+    box, factors, spacing, hu, inside, fraction = _working_grid(image, liver, tumor, settings.grid_mm, within)
     z, difference = contrast_map(hu, inside, spacing, settings)
     labels = np.zeros(z.shape, dtype=np.int32)
     rows, targets = [], []
