@@ -55,3 +55,26 @@ def test_segment_plumbing_with_and_without_a_liver_mask():
     assert whole.probability.array.shape == hu.shape and (whole.probability.array > 0).all()
     with pytest.raises(InputError):
         segment(image, liver, tiny_model(), threshold=1.5)
+
+
+@pytest.mark.parametrize("margin_mm", [0.0, 12.0])
+def test_segment_cleans_up_its_box_as_the_slider_cleans_up_the_whole_map(margin_mm):
+    """segment() thresholds and drops slivers only around the liver's box (fast on a big CT);
+    the threshold slider re-runs mask_from_probability on the whole map: the two must agree, also
+    when the box is the liver's own bounding box (margin 0) and the liver touches the image's edge.
+    Here the liver is a 2 mm sheet, so everything above threshold is a surface sliver."""
+    rng = np.random.default_rng(1)
+    hu = rng.normal(100, 15, (20, 30, 36)).astype(np.int16)
+    image = Volume(hu, (1.5, 1.5, 1.0))
+    liver = np.zeros(hu.shape, bool)
+    liver[9:11, 5:25, 10:] = True  # 2 slices of 1 mm; reaches the last column
+    model = tiny_model()
+    model.feature_settings = FeatureSettings(spacing_mm=3.0, margin_mm=margin_mm)
+    result = segment(image, liver, model, threshold=0.01)
+    probability = result.probability.array
+    assert (probability[liver] >= 0.01).all()  # all of the sheet is above threshold ...
+    whole = mask_from_probability(probability, liver, 0.01, image.spacing_zyx, model.min_lesion_mm3)
+    assert not whole.any()  # ... and all of it is a sliver
+    np.testing.assert_array_equal(result.tumor.array > 0, whole)
+    with pytest.raises(InputError, match="margin_mm"):
+        FeatureSettings(margin_mm=-1.0)

@@ -89,11 +89,23 @@ def test_modes_resolve_and_bad_values_name_the_fix():
     assert resolve_mode("default", 1, 30)[0] == "fixed"
     assert resolve_mode("default", 0, 5)[0] == "off" and resolve_mode("fixed", 0, 5)[0] == "off"
     assert resolve_mode("off", 1, 5)[0] == "off" and resolve_mode("auto", 0, 50)[0] == "auto"
-    assert plan_steps(50, 4, 0.3) is None and plan_steps(400, 3, 0.16) == {"budget_steps": 400, "trunk_steps": 240, "fork_steps": 32, "final_steps": 64, "search_share": 0.16}
+    assert plan_steps(50, 4, 0.3) is None
+    assert plan_steps(400, 3, 0.16) == {"budget_steps": 400, "trunk_steps": 240, "fork_steps": 32, "final_steps": 64,
+                                        "search_share": 0.16, "requested_search_share": 0.16}
     with pytest.raises(InputError, match="synthesis 'sometimes'"):
         TrainSettings(synthesis="sometimes")
     with pytest.raises(InputError, match="synthesis_search_share"):
-        TrainSettings(synthesis_search_share=0.9)
+        TrainSettings(synthesis_search_share=0.3)
+    TrainSettings(synthesis_search_share=0.25)
+    # Every plan the settings allow fits the budget, for 2 to 4 candidates.
+    for n in (2, 3, 4):
+        for budget in (100, 101, 300, 400, 999, 2500, 5000):
+            for share in (0.05, 0.16, 0.25):
+                plan = plan_steps(budget, n, share)
+                assert plan is not None and plan["final_steps"] >= 0 and plan["fork_steps"] >= 5
+                assert plan["trunk_steps"] + n * plan["fork_steps"] + plan["final_steps"] == budget
+                assert plan["search_share"] == round((n - 1) * plan["fork_steps"] / budget, 4)
+    assert plan_steps(400, 2, 0.25)["fork_steps"] == 80  # capped: 100 would not fit after the 240-step trunk
 
 
 def test_auto_without_room_for_a_search_falls_back_to_fixed_and_says_why():
@@ -102,3 +114,15 @@ def test_auto_without_room_for_a_search_falls_back_to_fixed_and_says_why():
     assert syn["mode"] == "fixed" and "cannot carry a search" in syn["why"] and model.meta["n_synthetic_cases"] == 2
     off = train_model(small_cases(), TrainSettings(seed=0, max_steps=4, patch_size=16, batch_size=2, synthesis="off"))
     assert off.meta["synthesis"]["mode"] == "off" and off.meta["n_synthetic_cases"] == 0
+
+
+def test_auto_out_of_time_in_the_trunk_keeps_the_trunk_and_says_so():
+    """The time cap (not the plan) ends the run before any fork: the model is the trunk's, and
+    model.json says why, rather than calling it fixed."""
+    model = train_model(small_cases(), TrainSettings(seed=0, max_steps=100, minutes=0.005, patch_size=16, batch_size=2,
+                                                     synthesis="auto"))
+    syn = model.meta["synthesis"]
+    assert syn["mode"] == "auto" and syn["chosen"] is None and "time cap" in syn["why"]
+    assert model.meta["steps"] == syn["steps_by_stage"]["trunk"] < syn["plan"]["trunk_steps"]
+    assert model.meta["stopped_by"] == "time" and model.meta["n_synthetic_cases"] == syn["trunk_cases"] - 2
+    assert describe(syn).startswith("synthetic data: auto (the time cap ran out")

@@ -75,6 +75,9 @@ def segment(
     box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
     if liver is not None:
         probability[box] *= liver[box]
+    # One voxel beyond the box on every side: the sliver test must see the liver's outside even
+    # when the model's margin is 0 (the box is then the liver's own bounding box).
+    rim = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, probability.shape))
     timings["to_input_grid_s"] = time.perf_counter() - t
 
     report("postprocess", 0, 1)
@@ -86,9 +89,9 @@ def segment(
     t = time.perf_counter()
     if liver is None:
         mask = mask_from_probability(probability, None, threshold, image.spacing_zyx, model.min_lesion_mm3)
-    else:  # nothing outside the liver's box can be tumor: threshold and clean up the box only
+    else:  # nothing outside the liver's box can be tumor: threshold and clean up around the box only
         mask = np.zeros(probability.shape, dtype=bool)
-        mask[box] = mask_from_probability(probability[box], liver[box], threshold, image.spacing_zyx, model.min_lesion_mm3)
+        mask[rim] = mask_from_probability(probability[rim], liver[rim], threshold, image.spacing_zyx, model.min_lesion_mm3)
     timings["threshold_s"] = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_in_box(mask, image, probability, prepared.box)

@@ -85,6 +85,8 @@ class FeatureSettings:
             raise InputError(f"hessian_outside must be one of {HESSIAN_OUTSIDE}, not {self.hessian_outside!r}")
         if not self.spacing_mm > 0:
             raise InputError("the working spacing must be a positive number of mm")
+        if not self.margin_mm >= 0:  # a negative margin would cut the liver out of its own box
+            raise InputError(f"margin_mm {self.margin_mm} must be 0 or more (mm of context around the liver)")
         self.hu_window = tuple(float(v) for v in self.hu_window)
         self.spread_limits_hu = tuple(float(v) for v in self.spread_limits_hu)
         self.hessian_scales_mm = tuple(float(v) for v in self.hessian_scales_mm)

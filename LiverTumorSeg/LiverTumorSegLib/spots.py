@@ -151,7 +151,7 @@ def _working_grid(image, liver: np.ndarray, tumor: np.ndarray | None, grid_mm: f
     factors = np.maximum(1, np.floor(grid_mm / spacing + 1e-6)).astype(int)
     within = within or tuple(slice(0, n) for n in liver.shape)
     local = ndimage.find_objects(liver[within].astype(np.uint8))[0]
-    tight = tuple(slice(w.start + t.start, w.start + t.stop) for w, t in zip(within, local))
+    tight = tuple(slice(w.indices(n)[0] + t.start, w.indices(n)[0] + t.stop) for w, t, n in zip(within, local, liver.shape))
     box = tuple(slice(max(s.start - k, 0), min(s.stop + k, n)) for s, k, n in zip(tight, factors, liver.shape))
     weight = liver[box].astype(np.float32)
     hu = image.array[box].astype(np.float32) * weight

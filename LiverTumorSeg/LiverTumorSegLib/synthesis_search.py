@@ -6,8 +6,8 @@ Inside one training run, within the same step budget as `fixed` or `off`:
    candidate's synthetic cases (a neutral mix: no candidate is the trunk's own mix continued; a
    first version trained the trunk on the fixed mix and every fork that changed the mix paid for
    the switch). The forks start late, from a model that segments: a second version forked at
-   35 %, where held-out Dice was still 0.04-0.3 and the forks' order changed from seed to seed
-   (benchmarks/RESULTS.md);
+   35 %, where held-out Dice ranged from 0.04 to 0.95 and the forks' order changed from seed to
+   seed (benchmarks/RESULTS.md);
 2. forks: from the trunk's weights, optimiser and EMA, each candidate (`default_candidates`: off,
    fixed, and the family's small-and-hyperdense member at 2 copies per real case, the
    synthetic-to-real ratio) trains `fork` steps on its own data mix; the search costs
@@ -63,8 +63,9 @@ class Candidate:
 
 def default_candidates() -> list[Candidate]:
     """off, fixed and the small-and-hyperdense family member (2 copies): what the network misses
-    most (small and hyperdense tumors). Three, not four: the version with a broad family member
-    too spent 30 % of the steps on losing forks and never chose it consistently (RESULTS.md)."""
+    most (small and hyperdense tumors). Three, not four: every candidate more is one more losing
+    fork; the version that also tried a broad family member chose it in 2 of 9 runs, neither
+    better on the test sets (RESULTS.md)."""
     return [
         Candidate("off", 0),
         Candidate(REFERENCE, 1),
@@ -89,15 +90,18 @@ def resolve_mode(requested: str, synthetic_copies: int, n_tumors: int) -> tuple[
 
 
 def plan_steps(budget: int, n_candidates: int, share: float) -> dict | None:
-    """{trunk, fork, final} steps with trunk + n x fork + final = budget; None if too small."""
+    """{trunk, fork, final} steps with trunk + n x fork + final = budget; None if too small.
+    The forks are capped so that they fit after the trunk (with 2 candidates a share above 0.2
+    would not); search_share is the share the losing forks really take."""
     if budget < MIN_SEARCH_STEPS or n_candidates < 2:
         return None
-    fork = max(5, int(round(share * budget / (n_candidates - 1))))
     trunk = int(round(TRUNK_SHARE * budget))
-    final = budget - trunk - n_candidates * fork
-    if final < 0:
+    fork = min(max(5, int(round(share * budget / (n_candidates - 1)))), (budget - trunk) // n_candidates)
+    if fork < 5:
         return None
-    return {"budget_steps": budget, "trunk_steps": trunk, "fork_steps": fork, "final_steps": final, "search_share": share}
+    final = budget - trunk - n_candidates * fork
+    return {"budget_steps": budget, "trunk_steps": trunk, "fork_steps": fork, "final_steps": final,
+            "search_share": round((n_candidates - 1) * fork / budget, 4), "requested_search_share": share}
 
 
 # ---- scoring ---------------------------------------------------------------------------------
@@ -257,8 +261,12 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
         union += [s for s in own if all(s is not u for u in union)]
     trunk = _Run(network, lr, settings.ema_decay, rng, freeze_bn)
     trunk.train(union, settings, plan["trunk_steps"], deadline, clock)
-    if time.perf_counter() >= deadline:
-        return None
+    if time.perf_counter() >= deadline:  # the time cap, not the plan, ended it: keep what trained
+        return trunk.ema.network, trunk.step, None if trunk.smoothed is None else round(trunk.smoothed, 4), {
+            "mode": "auto", "plan": plan, "chosen": None, "candidates": [], "trunk_cases": len(union),
+            "why": ("the time cap ran out during the trunk, before any candidate was scored: the trunk's model is kept "
+                    "(the real cases and every candidate's synthetic cases)"),
+            "steps_by_stage": {"trunk": trunk.step}, "seconds": round(time.perf_counter() - start, 1)}
     forks, rows, pieces_by = {}, [], {}
     for k, c in enumerate(candidates):
         run = trunk.fork(np.random.default_rng([settings.seed, 104729, k]))
@@ -279,7 +287,7 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
     chosen = next(c for c in candidates if c.name == decision["chosen"])
     meta = {
         "mode": "auto", "plan": plan, "reference": REFERENCE, "margin": MARGIN,
-        "trunk": f"real cases and every candidate's synthetic cases ({len(union)} cases)",
+        "trunk": f"real cases and every candidate's synthetic cases ({len(union)} cases)", "trunk_cases": len(union),
         "chosen": chosen.name, "chosen_settings": chosen.to_dict(),
         "objective": "0.5 x (Dice at the best threshold + lesion F1) on the held-out real validation pieces",
         "guard": ("a candidate replaces the reference only if it beats it by more than the margin on the whole validation "
@@ -298,7 +306,7 @@ def describe(synthesis: dict | None) -> str:
     if not synthesis:
         return ""
     mode = synthesis.get("mode")
-    if mode != "auto" or "chosen" not in synthesis:
+    if mode != "auto" or not synthesis.get("chosen"):
         return f"synthetic data: {mode} ({synthesis.get('why', '')})"
     listed = synthesis.get("candidates")
     rows = {r["name"]: r for r in listed if isinstance(r, dict) and "name" in r} if isinstance(listed, list) else {}

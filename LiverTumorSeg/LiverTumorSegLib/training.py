@@ -117,7 +117,7 @@ class TrainSettings:
 
         if self.synthesis not in MODES:
             raise InputError(f"synthesis {self.synthesis!r}: use one of {MODES}")
-        if not 0.05 <= self.synthesis_search_share <= 0.25:  # the trunk takes 60 %: forks and the winner's rest share 40 %
+        if not 0.05 <= self.synthesis_search_share <= 0.25:  # the trunk takes 60 %; plan_steps caps the forks to fit
             raise InputError(f"synthesis_search_share {self.synthesis_search_share} must be between 0.05 and 0.25 of the steps")
         if self.minutes <= 0 or self.max_steps < 1:
             raise InputError("the training budget needs minutes > 0 and max_steps >= 1")
@@ -250,7 +250,9 @@ def train_model(
         if searched is not None:
             averaged, steps, last_loss, found = searched
             synthesis.update(found)  # n_synthetic_cases: the winner's own (the trunk saw every candidate's)
-            n_synthetic = next(r["pool_cases"] for r in found["candidates"] if r["name"] == found["chosen"]) - len(base_samplers)
+            pool = found["trunk_cases"] if found["chosen"] is None else next(
+                r["pool_cases"] for r in found["candidates"] if r["name"] == found["chosen"])
+            n_synthetic = pool - len(base_samplers)
         else:
             averaged, steps, last_loss = _fit(network, samplers, settings, lr, rng, deadline, clock, freeze_bn)
     finally:
