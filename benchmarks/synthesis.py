@@ -10,8 +10,10 @@ choice over `off` is set against the test-set gain, which measures how much the 
 itself on its few held-out tumors.
 
 Resumable: each finished (mode, K, seed) is cached under benchmarks/work/synthesis/<config key>/
-(the engine hash of every run is recorded, not keyed: off and fixed do not run the search code).
-Writes <out>/synthesis.json and <out>/synthesis.png.
+(the engine hash of every run is recorded, not keyed: a cache left from an older engine must be
+moved aside by hand). Writes <out>/synthesis.json and <out>/synthesis.png. The results of earlier
+versions of auto (engine 777001f, before the spot pass) are kept in
+results/archive_synthesis_auto_v2_engine777001f.json.
 
     python benchmarks/synthesis.py --ks 7 --seeds 0 1 --threads 1          # what ran this round
     python benchmarks/synthesis.py --ks 7 14 28 --seeds 0 1 2 --threads 1  # the full grid
@@ -31,8 +33,6 @@ import method_changes as mc
 import small_data as sd
 
 MODES = ("off", "fixed", "auto")
-# auto's first version (its trunk trained on the fixed mix; cached as auto_trunkfixed_*): reported, never rerun
-REPORTED = MODES + ("auto_v1",)
 FULL_KS = (7, 14, 28)
 TESTS = ("phantom", "reference_synth", "small_tumor")
 BINS = ("5-10mm", "10-20mm", ">20mm")
@@ -109,7 +109,7 @@ def aggregate(runs: list) -> dict:
     out = {}
     for test in TESTS:
         per = {}
-        for mode in REPORTED:
+        for mode in MODES:
             for k in sorted({r["k"] for r in runs}):
                 group = [r for r in runs if r["mode"] == mode and r["k"] == k and test in r]
                 if not group:
@@ -132,7 +132,7 @@ def paired(runs: list) -> dict:
     """Per-case Dice differences paired by seed (same training cases): auto - off, fixed - off, auto - fixed."""
     by = {(r["mode"], r["k"], r["seed"]): r for r in runs}
     out = {}
-    for a, b in (("auto", "off"), ("fixed", "off"), ("auto", "fixed"), ("auto_v1", "off")):
+    for a, b in (("auto", "off"), ("fixed", "off"), ("auto", "fixed")):
         for test in TESTS:
             for k in sorted({r["k"] for r in runs}):
                 seeds = sorted(s for (m, kk, s) in by if m == a and kk == k and (b, k, s) in by)
@@ -151,7 +151,7 @@ def search_check(runs: list) -> list:
     rows = []
     for r in runs:
         syn = r.get("synthesis") or {}
-        if r["mode"] not in ("auto", "auto_v1") or "candidates" not in syn:
+        if r["mode"] != "auto" or "candidates" not in syn:
             continue
         scores = {c["name"]: c["score"] for c in syn["candidates"]}
         chosen = syn["chosen"]
@@ -171,17 +171,17 @@ def plot(summary: dict, path: Path, title: str) -> None:
     plt = bc.pyplot()
     tests = [t for t in TESTS if summary.get(t)]
     fig, axes = plt.subplots(1, len(tests), figsize=(5.2 * len(tests), 4.2), squeeze=False)
-    colors = {"off": "0.5", "fixed": "C0", "auto": "C3", "auto_v1": "C1"}
+    colors = {"off": "0.5", "fixed": "C0", "auto": "C3"}
     for ax, test in zip(axes[0], tests):
         ks = sorted({int(k) for per in summary[test].values() for k in per})
-        for j, mode in enumerate(REPORTED):
+        for j, mode in enumerate(MODES):
             per = summary[test].get(mode, {})
             for i, k in enumerate(ks):
                 entry = per.get(str(k))
                 if not entry:
                     continue
-                x = i + (j - 1.5) * 0.2
-                ax.bar(x, entry["dice_mean"]["mean"], width=0.19, color=colors[mode], label=mode if i == 0 else None)
+                x = i + (j - 1) * 0.25
+                ax.bar(x, entry["dice_mean"]["mean"], width=0.24, color=colors[mode], label=mode if i == 0 else None)
                 ax.plot([x] * len(entry["dice_mean"]["values"]), entry["dice_mean"]["values"], "k.", ms=4)
         ax.set_xticks(range(len(ks)), [f"K = {k}" for k in ks])
         ax.set_ylim(0, 1)
@@ -261,8 +261,6 @@ def main(argv=None) -> dict:
             bc.log(f"{mode} K={k} s{seed} {chosen}: " + mc.log_line({**result, "variant": mode}, tests)
                    + f"; train {result['train_s']:.0f} s, {result['steps']} steps")
     runs = [bc.read_json(work / f"{m}_k{k}_s{s}.json") for s, k, m in plan if (work / f"{m}_k{k}_s{s}.json").exists()]
-    runs += [{**bc.read_json(work / f"auto_trunkfixed_k{k}_s{s}.json"), "mode": "auto_v1"} for s, k, m in plan
-             if m == "auto" and (work / f"auto_trunkfixed_k{k}_s{s}.json").exists()]
     summary, pairs = aggregate(runs), paired(runs)
     result = {**bc.result_header("synthesis", "synthesis.py", preset, config), "machine": bc.machine(), "torch_threads": threads,
               "planned": [f"{m}_k{k}_s{s}" for s, k, m in plan], "completed": [f"{r['mode']}_k{r['k']}_s{r['seed']}" for r in runs],
