@@ -87,11 +87,11 @@ def segment(
         detector.add_to(probability, image, liver, float(model.threshold), within=box)
         timings["spots_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    if liver is None:
-        mask = mask_from_probability(probability, None, threshold, image.spacing_zyx, model.min_lesion_mm3)
-    else:  # nothing outside the liver's box can be tumor: threshold and clean up around the box only
-        mask = np.zeros(probability.shape, dtype=bool)
-        mask[rim] = mask_from_probability(probability[rim], liver[rim], threshold, image.spacing_zyx, model.min_lesion_mm3)
+    # The probability is 0 outside the box (liver's or body's), and the threshold is above 0: threshold
+    # and clean up around the box only.
+    mask = np.zeros(probability.shape, dtype=bool)
+    mask[rim] = mask_from_probability(probability[rim], None if liver is None else liver[rim], threshold, image.spacing_zyx,
+                                      model.min_lesion_mm3)
     timings["threshold_s"] = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_in_box(mask, image, probability, prepared.box)
