@@ -3,8 +3,10 @@
 Training sets hold exactly K tumors (K = 7, 14, 28; a tumor is a 26-connected component of label
 2), built from phantoms generated with a chosen tumor count, so no unlabelled tumor is ever shown
 as background. The sets are nested per seed (the 14-tumor set holds the 7-tumor set's cases).
-Models, all trained with the same wall-time budget (`--minutes`), on the given cases only
-(synthetic_copies=0) except mhpnet_synthetic:
+Models, all trained with the same wall-time budget (`--minutes`), or with the fixed step counts
+that budget buys each network (`--steps mhpnet=450 unet3d=250`: the same command twice gives the
+same numbers whatever the machine's load), on the given cases only (synthetic_copies=0) except
+mhpnet_synthetic:
 
     mhpnet              MHP-Net with the multi-scale Hessian channels
     mhpnet_no_hessian   the same network without Hessian channels
@@ -79,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", choices=MODELS, help="networks to train (the threshold floor always runs)")
     p.add_argument("--minutes", type=float, help="training wall-time budget per network (same for all)")
     p.add_argument("--max-steps", type=int, help="step cap per training (default: effectively none)")
+    p.add_argument("--steps", nargs="+", metavar="MODEL=N", default=None,
+                   help="fixed steps per network, e.g. mhpnet=450 unet3d=250 (what the time budget buys each on one "
+                        "core, fixed so that machine load cannot change the result; --minutes is then only a cap)")
     p.add_argument("--test-cases", type=int, help="held-out phantom test cases (at least)")
     p.add_argument("--test-min-tumors", type=int, help="tumors in the phantom test set (at least)")
     p.add_argument("--ref-variants", type=int, help="synthetic-tumor variants per TotalSegmentator CT (0: none)")
@@ -100,8 +105,21 @@ def resolve_config(args) -> tuple[str, dict]:
         if value is not None:
             config[key] = value
     config["ks"] = sorted(set(config["ks"]))
+    if args.steps:
+        config["steps_by_model"] = steps_by_model(args.steps)
     config["threads"] = args.threads
     return preset, config
+
+
+def steps_by_model(items: list[str]) -> dict:
+    """{"mhpnet": 450, ...} from ["mhpnet=450", ...]; an unknown network or a bad count is refused."""
+    out = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if name not in MODELS or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--steps {item!r}: expected MODEL=N with MODEL one of {', '.join(MODELS)} and N >= 1")
+        out[name] = int(count)
+    return out
 
 
 def engine_hash() -> str:
@@ -276,7 +294,8 @@ def train_settings(model: str, seed: int, config: dict):
         extra["patch_size"] = config["patch_size"]
     if config.get("batch_size"):
         extra["batch_size"] = config["batch_size"]
-    common = dict(seed=seed, minutes=config["minutes"], max_steps=config["max_steps"], synthetic_copies=0, **extra)
+    max_steps = config.get("steps_by_model", {}).get(model, config["max_steps"])
+    common = dict(seed=seed, minutes=config["minutes"], max_steps=max_steps, synthetic_copies=0, **extra)
     if model == "mhpnet":
         return TrainSettings(arch="mhpnet", use_hessian=True, **common)
     if model == "mhpnet_no_hessian":
@@ -537,9 +556,8 @@ def report(work: Path, config: dict, preset: str, planned: list, args, wall_s: f
     result = {
         **bc.result_header("small_data", "small_data.py", preset, config),
         "protocol": ("training sets of exactly K tumors (26-connected components of label 2) from phantoms generated "
-                     "with chosen tumor counts, nested per seed; every network gets the same wall-time budget "
-                     f"({config['minutes']} min incl. case preparation); metrics from metrics.evaluate_case; "
-                     "spread = sample std over seeds"),
+                     "with chosen tumor counts, nested per seed; " + budget_text(config) + "; metrics from "
+                     "metrics.evaluate_case; spread = sample std over seeds"),
         "machine": bc.machine(),
         "engine_hashes": hashes,
         "planned_runs": len(planned),
@@ -560,12 +578,23 @@ def report(work: Path, config: dict, preset: str, planned: list, args, wall_s: f
     args.out.mkdir(parents=True, exist_ok=True)
     bc.write_json(args.out / "small_data.json", result)
     if runs:
-        title = (f"small-data benchmark ({preset}): {config['phantom']} phantoms, {config['minutes']} min/training, "
+        budget = (", ".join(f"{m} {n}" for m, n in config["steps_by_model"].items()) + " steps"
+                  if config.get("steps_by_model") else f"{config['minutes']} min/training")
+        title = (f"small-data benchmark ({preset}): {config['phantom']} phantoms, {budget}, "
                  f"seeds {sorted({r['seed'] for r in runs})}; error bars: std over seeds (SE over cases if 1 seed)")
         plot(summary, args.out / "small_data.png", title)
     bc.log(f"wrote {args.out / 'small_data.json'} ({len(runs)}/{len(planned)} runs)")
     print_table(summary)
     return result
+
+
+def budget_text(config: dict) -> str:
+    steps = config.get("steps_by_model")
+    if not steps:
+        return f"every network gets the same wall-time budget ({config['minutes']} min incl. case preparation)"
+    return ("fixed steps per network (" + ", ".join(f"{m} {n}" for m, n in steps.items()) + "; the others "
+            f"{config['max_steps']}), what the same time budget buys each on one core, fixed so that machine load cannot "
+            f"change the result; {config['minutes']} min only as a cap")
 
 
 def _brief(rows: list) -> dict:

@@ -67,13 +67,13 @@ def small_data_tables(d: dict) -> str:
 
 
 def speed_tables(d: dict) -> str:
-    out = ["| model | slices | total s | read | crop+resample | Hessian | network | back to grid | threshold+lesions | write | segment() s | peak MiB | repeats |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | slices | total s | read | crop+resample | Hessian | network | back to grid | spot pass | threshold+lesions | write | segment() s | peak MiB | repeats |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(d["segment"], key=lambda r: (r["arch"], r["shape_zyx"][0])):
         m = r["median"]
         out.append(f"| {NAMES.get(r['arch'], r['arch'])} | {r['shape_zyx'][0]} | {m['total_s']:.2f} | {m['read_s']:.2f} | "
                    f"{m['crop_resample_s'] + m['normalize_s']:.2f} | {m['hessian_s']:.2f} | {m['network_s']:.2f} | "
-                   f"{m['to_input_grid_s']:.2f} | {m['threshold_s'] + m['lesions_s']:.2f} | {m['write_s']:.2f} | "
+                   f"{m['to_input_grid_s']:.2f} | {m.get('spots_s', 0.0):.2f} | {m['threshold_s'] + m['lesions_s']:.2f} | {m['write_s']:.2f} | "
                    f"{m['segment_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['repeats']} |")
     out.append("")
     out.append("| U-Net / MHP-Net | slices | total time | network time | peak memory |")
