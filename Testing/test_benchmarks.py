@@ -144,6 +144,25 @@ def test_synthesis_tiny_runs_off_fixed_auto_and_resumes(tmp_path):
     assert again["completed"] == result["completed"] and again["runs"] == result["runs"]
 
 
+def test_small_data_steps_fix_each_networks_budget_and_refuse_bad_input():
+    """--steps MODEL=N sets that network's planned steps (the others keep --max-steps)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import small_data as sd
+    finally:
+        sys.path.remove(str(BENCH))
+    steps = sd.steps_by_model(["mhpnet=450", "unet3d=250"])
+    assert steps == {"mhpnet": 450, "unet3d": 250}
+    config = {**sd.PRESETS["full"], "steps_by_model": steps}
+    assert sd.train_settings("unet3d", 0, config).max_steps == 250
+    assert sd.train_settings("mhpnet", 0, config).max_steps == 450
+    assert sd.train_settings("mhpnet_no_hessian", 0, config).max_steps == config["max_steps"]
+    assert "fixed steps per network (mhpnet 450, unet3d 250" in sd.budget_text(config)
+    for bad in ("resnet=10", "mhpnet=0", "mhpnet=ten", "mhpnet"):
+        with pytest.raises(SystemExit, match="MODEL=N"):
+            sd.steps_by_model([bad])
+
+
 def test_visibility_measures_contrast_noise_and_scan_edge_of_each_tumor():
     """small_tumor_visibility.tumor_visibility on a hand-made CT with known answers."""
     sys.path.insert(0, str(BENCH))

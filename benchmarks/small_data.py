@@ -578,8 +578,8 @@ def report(work: Path, config: dict, preset: str, planned: list, args, wall_s: f
     args.out.mkdir(parents=True, exist_ok=True)
     bc.write_json(args.out / "small_data.json", result)
     if runs:
-        budget = (", ".join(f"{m} {n}" for m, n in config["steps_by_model"].items()) + " steps"
-                  if config.get("steps_by_model") else f"{config['minutes']} min/training")
+        budget = (_steps_text(config["steps_by_model"]) + " steps" if config.get("steps_by_model")
+                  else f"{config['minutes']} min/training")
         title = (f"small-data benchmark ({preset}): {config['phantom']} phantoms, {budget}, "
                  f"seeds {sorted({r['seed'] for r in runs})}; error bars: std over seeds (SE over cases if 1 seed)")
         plot(summary, args.out / "small_data.png", title)
@@ -592,9 +592,13 @@ def budget_text(config: dict) -> str:
     steps = config.get("steps_by_model")
     if not steps:
         return f"every network gets the same wall-time budget ({config['minutes']} min incl. case preparation)"
-    return ("fixed steps per network (" + ", ".join(f"{m} {n}" for m, n in steps.items()) + "; the others "
+    return ("fixed steps per network (" + _steps_text(steps) + "; the others "
             f"{config['max_steps']}), what the same time budget buys each on one core, fixed so that machine load cannot "
             f"change the result; {config['minutes']} min only as a cap")
+
+
+def _steps_text(steps: dict) -> str:
+    return ", ".join(f"{model} {count}" for model, count in steps.items())
 
 
 def _brief(rows: list) -> dict:
