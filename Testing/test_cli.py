@@ -117,6 +117,42 @@ def test_phantom_writes_case_folders(tmp_path):
     assert meta["tumor_count"] >= 1
 
 
+def test_quick_exit_keeps_exit_code_piped_output_and_running_threads(tmp_path):
+    """`run` (the console command) skips the interpreter's teardown, so what it prints into a pipe,
+    its exit code, and a thread still running must all come through unchanged."""
+    def entry(argv, before=""):
+        code = f"import sys\n{before}from LiverTumorSegLib.cli import run\nsys.argv = ['livertumorseg', *{argv!r}]\nrun()\n"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", timeout=120)
+
+    printed = entry(["phantom", str(tmp_path / "cases"), "--cases", "1", "--seed", "3", "--small"])
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() and printed.stdout == run_cli("phantom", tmp_path / "again", "--cases", "1", "--seed", "3",
+                                                                "--small").stdout.replace(str(tmp_path / "again"), str(tmp_path / "cases"))
+    bad = entry(["segment", str(tmp_path / "nope.nrrd"), "--out", str(tmp_path / "out.seg.nrrd")])
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ")
+    late = tmp_path / "written_by_a_thread.txt"
+    threaded = entry(["phantom", str(tmp_path / "third"), "--cases", "1", "--seed", "3", "--small"],
+                     before=f"import threading, time\nthreading.Thread(target=lambda: (time.sleep(1), open({str(late)!r}, 'w').write('done'))).start()\n")
+    assert threaded.returncode == 0 and late.read_text() == "done"
+
+
+def test_segment_reads_the_ct_beside_the_model_and_still_reports_the_model_first(tmp_path, capsys, phantom_case_dirs,
+                                                                                  tiny_model_dir):
+    """With --liver the CT is read in a second thread while the model loads: a bad CT is still
+    reported, and with a bad model too, the model's error comes first, as before."""
+    case = phantom_case_dirs[0]
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "model.pt").write_bytes(b"not a model")
+    missing_ct = tmp_path / "nope.nrrd"
+    for model, says in ((tiny_model_dir, str(missing_ct)), (broken, str(broken))):
+        code = main(["segment", str(missing_ct), "--liver", str(case / "label.nrrd"), "--model", str(model),
+                     "--out", str(tmp_path / "out.seg.nrrd")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not (tmp_path / "out.seg.nrrd").exists()
+
+
 def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tiny_model_dir):
     case = phantom_case_dirs[0]
     out, prob, csv = tmp_path / "tumor.seg.nrrd", tmp_path / "prob.nrrd", tmp_path / "lesions.csv"

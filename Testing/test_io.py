@@ -328,6 +328,28 @@ def test_nan_voxels_are_refused(tmp_path):
         io.read_image(tmp_path / "nan.nrrd")
 
 
+def test_label_maps_are_refused_for_fractions_and_range_whatever_their_type(tmp_path):
+    """Integer files skip the rounding check (it cost 0.6 s per segment) but not the range check;
+    float files holding whole numbers are label maps, ones holding fractions are not."""
+    def saved(array, name):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+        return tmp_path / name
+
+    base = np.zeros((3, 4, 5))
+    base[1, 1:3, 1:4] = 2
+    for dtype in (np.uint8, np.int16, np.float32):
+        np.testing.assert_array_equal(io.read_labels(saved(base.astype(dtype), "ok.nrrd")).array, base)
+    fraction = base.astype(np.float32)
+    fraction[1, 1, 1] = 1.5
+    negative = base.astype(np.int16)
+    negative[0, 0, 0] = -1
+    wide = base.astype(np.int32)
+    wide[0, 0, 0] = 300
+    for array, values in ((fraction, "0..2"), (negative, "-1..2"), (wide, "0..300")):
+        with pytest.raises(InputError, match=f"not a label map \\(values {values}\\)"):
+            io.read_labels(saved(array, "bad.nrrd"))
+
+
 def test_segmentation_given_as_ct_is_refused(tmp_path):
     io.write_segmentation(tmp_path / "a.seg.nrrd", two_segment_labels(), io.CASE_SEGMENTS)
     shutil.copy(tmp_path / "a.seg.nrrd", tmp_path / "renamed.nrrd")

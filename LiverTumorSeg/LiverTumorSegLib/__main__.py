@@ -1,7 +1,5 @@
 """`python -m LiverTumorSegLib ...` is the same as the `livertumorseg` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()
