@@ -90,6 +90,11 @@ def test_speed_json_structure(tmp_path):
     for arch in ("mhpnet", "unet3d"):
         training = result["training_to_target"][arch]
         assert training["history"] and _finite(training["wall_s"])
+    cli = result["command_line"]
+    assert len(cli["runs"]) == cli["repeats"] >= 1 and cli["shape_zyx"][0] == rows[0]["shape_zyx"][0]
+    assert all(_finite(r["wall_s"]) and r["wall_s"] > 0.5 and r["cpu_s"] > 0 for r in cli["runs"])  # a real process ran
+    walls = [r["wall_s"] for r in cli["runs"]]
+    assert min(walls) <= cli["median_wall_s"] <= max(walls)
     ratio = result["ratios"]["unet3d_over_mhpnet_by_slices"]
     assert ratio and all(_finite(v) for r in ratio.values() for v in r.values())
     _png(tmp_path / "speed.png")

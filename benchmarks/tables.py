@@ -76,6 +76,12 @@ def speed_tables(d: dict) -> str:
                    f"{m['to_input_grid_s']:.2f} | {m.get('spots_s', 0.0):.2f} | {m['threshold_s'] + m['lesions_s']:.2f} | {m['write_s']:.2f} | "
                    f"{m['segment_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['repeats']} |")
     out.append("")
+    cli = d.get("command_line")
+    if cli:
+        runs = ", ".join(f"{r['wall_s']:.2f}" for r in cli["runs"])
+        out.append(f"Command line end to end ({cli['command']}), {cli['shape_zyx'][0]} slices: median **{cli['median_wall_s']:.2f} s** "
+                   f"wall ({runs}), {cli['median_cpu_s']:.2f} s CPU.")
+        out.append("")
     out.append("| U-Net / MHP-Net | slices | total time | network time | peak memory |")
     out.append("|---|---|---|---|---|")
     for n, v in d["ratios"]["unet3d_over_mhpnet_by_slices"].items():
