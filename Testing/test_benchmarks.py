@@ -93,6 +93,7 @@ def test_speed_json_structure(tmp_path):
     cli = result["command_line"]
     assert len(cli["runs"]) == cli["repeats"] >= 1 and cli["shape_zyx"][0] == rows[0]["shape_zyx"][0]
     assert all(_finite(r["wall_s"]) and r["wall_s"] > 0.5 and r["cpu_s"] > 0 for r in cli["runs"])  # a real process ran
+    assert all(100 < r["peak_rss_mib"] < 4000 for r in cli["runs"])  # its own peak: torch alone is a few hundred MiB
     walls = [r["wall_s"] for r in cli["runs"]]
     assert min(walls) <= cli["median_wall_s"] <= max(walls)
     ratio = result["ratios"]["unet3d_over_mhpnet_by_slices"]

@@ -80,7 +80,7 @@ def speed_tables(d: dict) -> str:
     if cli:
         runs = ", ".join(f"{r['wall_s']:.2f}" for r in cli["runs"])
         out.append(f"Command line end to end ({cli['command']}), {cli['shape_zyx'][0]} slices: median **{cli['median_wall_s']:.2f} s** "
-                   f"wall ({runs}), {cli['median_cpu_s']:.2f} s CPU.")
+                   f"wall ({runs}), {cli['median_cpu_s']:.2f} s CPU, peak {cli['median_peak_rss_mib']:.0f} MiB.")
         out.append("")
     out.append("| U-Net / MHP-Net | slices | total time | network time | peak memory |")
     out.append("|---|---|---|---|---|")
