@@ -1,7 +1,7 @@
 """LiverTumorSeg: segment liver tumors in CT, correct them, add the case, retrain.
 
 The Widget binds the parameter node to the .ui, starts jobs and shows results; everything it
-does is a call into LiverTumorSegLib.logic (scriptable without the GUI).
+does is a call into LiverTumorSegLib.slicer.logic (scriptable without the GUI).
 """
 
 import importlib.metadata
@@ -46,7 +46,7 @@ def _forgetStaleLib() -> None:
 
 _forgetStaleLib()
 
-from LiverTumorSegLib import logic as liblogic  # noqa: E402
+from LiverTumorSegLib.slicer import logic as liblogic  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
 
 LIBRARY_SETTING = "LiverTumorSeg/LibraryFolder"
@@ -722,9 +722,9 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from LiverTumorSegLib import io as lio
-        from LiverTumorSegLib import mrml
-        from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
+        from LiverTumorSegLib.storage import images as lio
+        from LiverTumorSegLib.slicer import mrml
+        from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
 
         self.delayDisplay("Making a phantom CT with known tumors")
         case = make_phantom(3, PhantomSettings.small())
@@ -739,8 +739,8 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         logic.libraryPath = Path(tempfile.mkdtemp(prefix="LiverTumorSegTest-")) / "library"
         if not logic.listModels():
             self.delayDisplay("No shipped model: training a tiny one")
-            from LiverTumorSegLib.modelstore import save_model
-            from LiverTumorSegLib.training import TrainSettings, train_model
+            from LiverTumorSegLib.storage.modelstore import save_model
+            from LiverTumorSegLib.training.train import TrainSettings, train_model
 
             tiny = train_model([("phantom", case.image, case.labels)], TrainSettings(minutes=0.5, max_steps=20, patch_size=32))
             save_model(tiny, logic.library.new_version_path())

@@ -21,7 +21,7 @@ def totalseg_dir(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def references(totalseg_dir):
     """The tumor-free reference CTs with their livers, read once: {name: (CT, liver mask)}."""
-    from LiverTumorSegLib.synthesis import load_reference_cases
+    from LiverTumorSegLib.data.synthesis import load_reference_cases
 
     return {name: (image, liver) for name, image, liver in load_reference_cases(totalseg_dir)}
 
@@ -29,7 +29,7 @@ def references(totalseg_dir):
 @pytest.fixture(scope="session")
 def phantom_case_dirs(tmp_path_factory) -> list:
     """Two small phantom case folders (image.nrrd, label.nrrd, case.json) as the CLI reads them."""
-    from LiverTumorSegLib.phantom import PhantomSettings, write_phantom_cases
+    from LiverTumorSegLib.data.phantom import PhantomSettings, write_phantom_cases
 
     return write_phantom_cases(tmp_path_factory.mktemp("cases"), 2, seed=5, settings=PhantomSettings.small())
 
@@ -37,9 +37,9 @@ def phantom_case_dirs(tmp_path_factory) -> list:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, phantom_case_dirs) -> Path:
     """A real model trained here for a few steps on those phantoms and saved as a model folder."""
-    from LiverTumorSegLib.library import read_case_folder
-    from LiverTumorSegLib.modelstore import save_model
-    from LiverTumorSegLib.training import TrainSettings, train_model
+    from LiverTumorSegLib.storage.library import read_case_folder
+    from LiverTumorSegLib.storage.modelstore import save_model
+    from LiverTumorSegLib.training.train import TrainSettings, train_model
 
     cases = [(folder.name, *read_case_folder(folder)) for folder in phantom_case_dirs]
     model = train_model(cases, TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib import io as lio
+from LiverTumorSegLib.storage import images as lio
 from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.volume import Volume
 
@@ -234,7 +234,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 def test_train_help_gives_the_planned_steps_of_the_engine(capsys):
     """The --max-steps default is written only when help is shown (building the parser imports
     no training code), and it is the engine's own plan."""
-    from LiverTumorSegLib.training import TrainSettings
+    from LiverTumorSegLib.training.train import TrainSettings
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib import fsutil
-from LiverTumorSegLib import io as lio
+from LiverTumorSegLib.storage import fsutil
+from LiverTumorSegLib.storage import images as lio
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.modelstore import default_model_path
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
+from LiverTumorSegLib.storage.modelstore import default_model_path
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
 from LiverTumorSegLib.volume import Volume
 
 # Root ignores permission bits: read-only cases run with the capabilities that let it dropped.
@@ -382,7 +382,7 @@ def dead_pid() -> int:
 def test_row16_temps_of_a_killed_save_are_cleaned_by_the_next_save(tmp_path):
     """A model save SIGKILLed half-way leaves its hidden temp folder (with part of model.pt); the
     next save into that models folder removes it. Temps of a live process are kept."""
-    from LiverTumorSegLib.modelstore import load_model, save_model
+    from LiverTumorSegLib.storage.modelstore import load_model, save_model
 
     models = tmp_path / "models"
     models.mkdir()
@@ -409,7 +409,7 @@ def test_row16_temps_of_a_killed_save_are_cleaned_by_the_next_save(tmp_path):
 
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_row17_outputs_cases_and_models_follow_the_umask(world, tmp_path, umask, file_mode, dir_mode):
-    from LiverTumorSegLib.modelstore import load_model, save_model
+    from LiverTumorSegLib.storage.modelstore import load_model, save_model
 
     out = tmp_path / "seg"
     result = run(seg(world, "--out", out / "t.seg.nrrd", "--prob", out / "p.nrrd", "--lesions", out / "l.csv"),
@@ -438,7 +438,7 @@ def test_second_train_on_a_library_is_refused_and_a_dead_holder_does_not_block(w
 
     lock = world.cases / TRAIN_LOCK
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from LiverTumorSegLib.fsutil import exclusive_lock\n"
+        [sys.executable, "-c", "import sys, time; from LiverTumorSegLib.storage.fsutil import exclusive_lock\n"
          f"with exclusive_lock({str(lock)!r}, 'training'):\n    print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -463,7 +463,7 @@ def test_second_train_on_a_library_is_refused_and_a_dead_holder_does_not_block(w
 
 # ---- Also: big volumes are refused up front when they cannot fit --------------------------------
 def test_memory_estimate_refuses_a_whole_ct_that_cannot_fit():
-    from LiverTumorSegLib.memory import memory_problem, segment_peak_bytes
+    from LiverTumorSegLib.storage.memory import memory_problem, segment_peak_bytes
 
     shape, spacing = (2000, 512, 512), (0.8, 0.75, 0.75)
     problem = memory_problem(shape, spacing, None, available=8 * 10**9)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.hessian import blob_response, hessian_channels, symmetric_eigenvalues_extremes
+from LiverTumorSegLib.core.hessian import blob_response, hessian_channels, symmetric_eigenvalues_extremes
 
 
 def _distance_mm(shape, spacing, offset_vox=(0.0, 0.0, 0.0)):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.inference import mask_from_probability, segment
-from LiverTumorSegLib.modelstore import TrainedModel
-from LiverTumorSegLib.network import build_network
-from LiverTumorSegLib.preprocess import FeatureSettings
+from LiverTumorSegLib.core.inference import mask_from_probability, segment
+from LiverTumorSegLib.storage.modelstore import TrainedModel
+from LiverTumorSegLib.core.network import build_network
+from LiverTumorSegLib.core.features import FeatureSettings
 from LiverTumorSegLib.volume import Volume
 
 

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from LiverTumorSegLib import io
+from LiverTumorSegLib.storage import images as io
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.volume import Volume
 

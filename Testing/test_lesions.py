@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from LiverTumorSegLib.lesions import (
+from LiverTumorSegLib.core.lesions import (
     Lesion,
     drop_surface_slivers,
     label_lesions,
     lesion_table,
     lesions_to_rows,
-    write_lesion_csv,
 )
+from LiverTumorSegLib.storage.lesion_csv import write_lesion_csv
 from LiverTumorSegLib.volume import Volume
 
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from LiverTumorSegLib import io as lio
+from LiverTumorSegLib.storage import images as lio
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.library import CaseLibrary, find_case_folders
+from LiverTumorSegLib.storage.library import CaseLibrary, find_case_folders
 from LiverTumorSegLib.volume import Volume
 
 SPACING = (0.8, 0.8, 2.5)

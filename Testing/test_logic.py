@@ -20,14 +20,14 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib import io as lio  # noqa: E402
-from LiverTumorSegLib import mrml  # noqa: E402
+from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
-from LiverTumorSegLib.logic import (  # noqa: E402
+from LiverTumorSegLib.slicer.logic import (  # noqa: E402
     SegmentThreadJob,
     SEGMENT_STAGE_SPAN, BackgroundJob, LiverTumorSegLogic, describeProgress, stageText,
 )
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom  # noqa: E402
 from conftest import count_nodes  # noqa: E402
 
 JOB_TIMEOUT_S = 420
@@ -41,11 +41,11 @@ def phantom():
 @pytest.fixture(scope="session")
 def tiny_model(phantom):
     """The shipped default model when it exists, else a tiny one trained here (a few steps)."""
-    from LiverTumorSegLib.modelstore import default_model_path, load_model
+    from LiverTumorSegLib.storage.modelstore import default_model_path, load_model
 
     if (default_model_path() / "model.pt").is_file():
         return load_model(default_model_path())
-    from LiverTumorSegLib.training import TrainSettings, train_model
+    from LiverTumorSegLib.training.train import TrainSettings, train_model
 
     settings = TrainSettings(seed=0, minutes=1.0, max_steps=4, patch_size=24, batch_size=2)
     return train_model([("phantom", phantom.image, phantom.labels)], settings)
@@ -76,7 +76,7 @@ def logic(scene, tmp_path):
 @pytest.fixture
 def library_with_model(logic, tiny_model):
     """A library whose active model is v001 (the tiny model)."""
-    from LiverTumorSegLib.modelstore import save_model
+    from LiverTumorSegLib.storage.modelstore import save_model
 
     save_model(tiny_model, logic.library.new_version_path())
     logic.setActiveModel("v001")
@@ -98,7 +98,7 @@ def top_quantile_threshold(probability: np.ndarray, region: np.ndarray, q: float
 
 # ---- segment -------------------------------------------------------------------------------
 def test_segment_writes_new_segmentation_table_and_probability(logic, scene, ct, liver, phantom, tiny_model):
-    from LiverTumorSegLib.inference import segment as engine_segment
+    from LiverTumorSegLib.core.inference import segment as engine_segment
 
     segmentation, table = logic.segment(ct, *liver, model=tiny_model, showProbability=True)
     assert segmentation.IsA("vtkMRMLSegmentationNode") and segmentation is not liver[0]
@@ -129,8 +129,8 @@ def test_segment_writes_new_segmentation_table_and_probability(logic, scene, ct,
 
 
 def test_rethreshold_uses_the_kept_map_and_updates_table(logic, ct, liver, phantom, tiny_model):
-    from LiverTumorSegLib.inference import mask_from_probability
-    from LiverTumorSegLib.lesions import lesion_table
+    from LiverTumorSegLib.core.inference import mask_from_probability
+    from LiverTumorSegLib.core.lesions import lesion_table
 
     segmentation, table = logic.segment(ct, *liver, model=tiny_model)
     tumor_id = logic.tumorSegmentId(segmentation)
@@ -315,7 +315,7 @@ def test_add_case_needs_a_liver_segment(logic, ct, liver, tiny_model):
 
 # ---- models --------------------------------------------------------------------------------
 def test_models_listing_set_active_and_rollback(logic, tiny_model, ct, liver):
-    from LiverTumorSegLib.modelstore import default_model_path, save_model
+    from LiverTumorSegLib.storage.modelstore import default_model_path, save_model
 
     save_model(tiny_model, logic.library.new_version_path())
     save_model(tiny_model, logic.library.new_version_path())
@@ -346,7 +346,7 @@ def write_model_json(folder, **extra):
 
 
 def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
-    from LiverTumorSegLib.modelstore import save_model
+    from LiverTumorSegLib.storage.modelstore import save_model
 
     for _ in range(6):
         save_model(tiny_model, logic.library.new_version_path())
@@ -379,7 +379,7 @@ def test_model_list_marks_versions_worse_than_their_parent(logic, tiny_model):
 
 
 def test_model_synthesis_says_which_synthetic_data_a_version_used(logic, tiny_model):
-    from LiverTumorSegLib.modelstore import save_model
+    from LiverTumorSegLib.storage.modelstore import save_model
 
     for _ in range(4):
         save_model(tiny_model, logic.library.new_version_path())
@@ -767,13 +767,13 @@ def test_the_model_list_needs_no_engine_imports_and_preloading_brings_them(tmp_p
     import subprocess
 
     script = (
-        "import json, sys; from LiverTumorSegLib.logic import LiverTumorSegLogic, preloadEngine\n"
+        "import json, sys; from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic, preloadEngine\n"
         "import slicer\n"
         f"logic = LiverTumorSegLogic(libraryPath={str(tmp_path / 'library')!r}, scene=slicer.vtkMRMLScene())\n"
         "labels = [logic.modelLabel(info) for info in logic.listModels()]\n"
         "before = sorted(m for m in ('scipy', 'torch') if m in sys.modules)\n"
         "preloadEngine().join(120)\n"
-        "print(json.dumps([labels, before, 'scipy.ndimage' in sys.modules, 'LiverTumorSegLib.inference' in sys.modules]))\n"
+        "print(json.dumps([labels, before, 'scipy.ndimage' in sys.modules, 'LiverTumorSegLib.core.inference' in sys.modules]))\n"
     )
     package_parent = os.path.dirname(os.path.dirname(lio.__file__))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=package_parent,

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib import io as lio  # noqa: E402
-from LiverTumorSegLib import mrml  # noqa: E402
+from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import InputError  # noqa: E402
-from LiverTumorSegLib.logic import LiverTumorSegLogic  # noqa: E402
+from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic  # noqa: E402
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.metrics import equivalent_diameter_mm, evaluate_case, size_bin, summarize
+from LiverTumorSegLib.evaluation.metrics import equivalent_diameter_mm, evaluate_case, size_bin, summarize
 
 
 def two_lesion_case():

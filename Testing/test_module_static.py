@@ -107,7 +107,7 @@ def test_every_custom_widget_class_is_declared(ui_tree):
 
 def test_cmake_lists_every_package_file_and_nothing_else():
     listed = cmake_list(MODULE_CMAKE.read_text(encoding="utf-8"), "MODULE_PYTHON_SCRIPTS")
-    on_disk = {"LiverTumorSeg.py"} | {f"LiverTumorSegLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    on_disk = {"LiverTumorSeg.py"} | {p.relative_to(MODULE_DIR).as_posix() for p in LIB_DIR.rglob("*.py")}
     assert len(listed) == len(set(listed)), "duplicates in MODULE_PYTHON_SCRIPTS"
     assert set(listed) == on_disk, {
         "missing from CMakeLists.txt": sorted(on_disk - set(listed)),
@@ -141,7 +141,7 @@ def test_logic_and_bridge_import_without_qt_slicer_or_torch():
     """logic.py and mrml.py run under bare slicer-core; importing them loads no GUI, slicer or torch."""
     code = (
         "import sys\n"
-        "import LiverTumorSegLib.logic, LiverTumorSegLib.mrml\n"
+        "import LiverTumorSegLib.slicer.logic, LiverTumorSegLib.slicer.mrml\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PythonQt', 'slicer', 'torch', 'vtk'))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
@@ -189,7 +189,7 @@ def test_no_api_newer_than_slicer_5_8_is_called():
     """APIs that arrived after 5.8 (checked against Slicer's sources) must not be called directly."""
     newer = {"SetTerminology": "vtkSegment, Slicer 5.10", "GetTerminology": "vtkSegment, Slicer 5.10",
              "HasTerminology": "vtkSegment, Slicer 5.10", "GetConverterRules": "wrapping unverified before 5.10"}
-    for path in [MODULE_FILE, *LIB_DIR.glob("*.py")]:
+    for path in [MODULE_FILE, *LIB_DIR.rglob("*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in newer:

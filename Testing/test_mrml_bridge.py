@@ -8,8 +8,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib import io as lio  # noqa: E402
-from LiverTumorSegLib import mrml  # noqa: E402
+from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import InputError  # noqa: E402
 from LiverTumorSegLib.volume import Volume  # noqa: E402
 from conftest import count_nodes  # noqa: E402
@@ -288,7 +288,7 @@ def test_roi_outside_the_ct_is_an_input_error(scene):
 
 # ---- tables and views ----------------------------------------------------------------------
 def test_lesion_table_contents(scene):
-    from LiverTumorSegLib.lesions import lesion_table
+    from LiverTumorSegLib.core.lesions import lesion_table
 
     ct_volume = Volume(np.full((20, 40, 40), 40, np.int16), spacing=(1.0, 1.0, 2.0), origin=(5.0, -3.0, 10.0))
     mask = blob_mask(ct_volume.shape, (10, 10, 10), 4) | blob_mask(ct_volume.shape, (10, 30, 30), 2)

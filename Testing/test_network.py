@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from LiverTumorSegLib.inference import _inference_copy, plan_tiles, predict_probability
-from LiverTumorSegLib.network import MHPNet, UNet3D, build_network, count_parameters, default_spec
+from LiverTumorSegLib.core.inference import _inference_copy, plan_tiles, predict_probability
+from LiverTumorSegLib.core.network import MHPNet, UNet3D, build_network, count_parameters, default_spec
 
 
 def test_mhpnet_is_light_and_the_unet_baseline_is_bigger():

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorSegLib.patches import CaseSampler, PatchSettings, crop_padded, draw_batch, lesion_weights, polarity_plan
+from LiverTumorSegLib.training.patches import CaseSampler, PatchSettings, crop_padded, draw_batch, lesion_weights, polarity_plan
 
 
 def toy_case():

@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorSegLib import io as lio
-from LiverTumorSegLib.baseline import fit_threshold_baseline
+from LiverTumorSegLib.storage import images as lio
+from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.lesions import label_lesions
-from LiverTumorSegLib.phantom import PhantomSettings, case_seeds, make_phantom, write_phantom_cases
+from LiverTumorSegLib.core.lesions import label_lesions
+from LiverTumorSegLib.data.phantom import PhantomSettings, case_seeds, make_phantom, write_phantom_cases
 
 SMALL = PhantomSettings.small()
 

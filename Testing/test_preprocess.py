@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.preprocess import FeatureSettings, liver_box, prepare_case
+from LiverTumorSegLib.core.features import FeatureSettings, liver_box, prepare_case
 from LiverTumorSegLib.volume import Volume
 
 
@@ -157,7 +157,7 @@ def ndimage_dilate(mask, iterations):
 def test_liver_mode_reference_survives_heavy_tumor_burden():
     """A liver a third of which is tumor 60 HU darker: the median moves towards the tumors, the
     histogram mode stays at the parenchyma's 110 HU."""
-    from LiverTumorSegLib.preprocess import histogram_mode, liver_statistics
+    from LiverTumorSegLib.core.features import histogram_mode, liver_statistics
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(110, 12, 20_000), rng.normal(50, 12, 10_000)]).astype(np.float32)

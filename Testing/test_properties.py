@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from LiverTumorSegLib.cli import main
-from LiverTumorSegLib.metrics import evaluate_case, summarize
+from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize
 
 FEW = settings(max_examples=12, derandomize=True, deadline=None, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -7,9 +7,9 @@ import numpy as np
 from scipy import ndimage
 
 from LiverTumorSegLib.cli import main as cli_main
-from LiverTumorSegLib.modelstore import load_model
-from LiverTumorSegLib.rehearsal import check_cases, rehearsal_cases
-from LiverTumorSegLib.training import PARENT_TOLERANCE, TrainSettings
+from LiverTumorSegLib.storage.modelstore import load_model
+from LiverTumorSegLib.training.rehearsal import check_cases, rehearsal_cases
+from LiverTumorSegLib.training.train import PARENT_TOLERANCE, TrainSettings
 
 
 def test_rehearsal_and_check_sets_are_deterministic_disjoint_and_inside_the_liver():
@@ -65,7 +65,7 @@ def test_fine_tuning_scores_parent_and_child_and_records_both(tmp_path, phantom_
 def test_rehearsal_replays_both_polarities():
     """Fine-tuning on a user's few (mostly hypodense) tumors forgot hyperdense ones while the
     rehearsal set held none (benchmarks/RESULTS.md): the default set holds both kinds."""
-    from LiverTumorSegLib.lesions import label_lesions
+    from LiverTumorSegLib.core.lesions import label_lesions
 
     kinds = {"hypo": 0, "hyper": 0}
     for _, image, labels in rehearsal_cases(TrainSettings().rehearsal_cases):

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from LiverTumorSegLib.errors import ModelError
-from LiverTumorSegLib.inference import mask_from_probability, segment
-from LiverTumorSegLib.modelstore import default_model_path, load_model
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
-from LiverTumorSegLib.spots import (
-    FEATURES, SpotDetector, SpotSettings, detector_of, find_candidates, fit_spot_detector, map_to_threshold,
-    on_ct_grid, spot_fitting_cases,
+from LiverTumorSegLib.core.inference import mask_from_probability, segment
+from LiverTumorSegLib.storage.modelstore import default_model_path, load_model
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
+from LiverTumorSegLib.core.spots import (
+    FEATURES, SpotDetector, SpotSettings, detector_of, find_candidates, map_to_threshold, on_ct_grid,
 )
+from LiverTumorSegLib.training.spot_fitting import fit_spot_detector, spot_fitting_cases
 from LiverTumorSegLib.volume import Volume
 
 SPACING = (2.0, 1.0, 1.0)

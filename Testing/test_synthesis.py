@@ -8,8 +8,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.lesions import label_lesions
-from LiverTumorSegLib.synthesis import hu_texture, load_reference_cases, paste_tumors, synthesize_tumors, synthetic_copy
+from LiverTumorSegLib.core.lesions import label_lesions
+from LiverTumorSegLib.data.synthesis import hu_texture, load_reference_cases, paste_tumors, synthesize_tumors, synthetic_copy
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 from scipy import ndimage
 
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.lesions import label_lesions
-from LiverTumorSegLib.synthesis import synthesize_tumors
-from LiverTumorSegLib.synthesis_family import (CONTRAST_TOLERANCE, SIZE_TOLERANCE, SynthesisFamily, family_copy,
+from LiverTumorSegLib.core.lesions import label_lesions
+from LiverTumorSegLib.data.synthesis import synthesize_tumors
+from LiverTumorSegLib.data.synthesis_family import (CONTRAST_TOLERANCE, SIZE_TOLERANCE, SynthesisFamily, family_copy,
                                                liver_statistics, synthesize_family)
 
 PLAIN = dict(rim_fraction=0.0, necrosis_fraction=0.0)

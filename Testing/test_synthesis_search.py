@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from LiverTumorSegLib.errors import InputError
-from LiverTumorSegLib.modelstore import save_model
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
-from LiverTumorSegLib.synthesis_search import (MARGIN, REFERENCE, choose, default_candidates, describe,
+from LiverTumorSegLib.storage.modelstore import save_model
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
+from LiverTumorSegLib.training.synthesis_search import (MARGIN, REFERENCE, choose, default_candidates, describe,
                                                plan_steps, resolve_mode)
-from LiverTumorSegLib.training import TrainSettings, train_model
+from LiverTumorSegLib.training.train import TrainSettings, train_model
 
 
 def small_cases(n=3, first_seed=100):

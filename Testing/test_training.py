@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from LiverTumorSegLib.errors import Cancelled, InputError, ModelError
-from LiverTumorSegLib.inference import mask_from_probability, segment
-from LiverTumorSegLib.modelstore import TrainedModel, default_model_path, load_model, save_model
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
-from LiverTumorSegLib.preprocess import FeatureSettings
-from LiverTumorSegLib.training import TrainSettings, train_model
+from LiverTumorSegLib.core.inference import mask_from_probability, segment
+from LiverTumorSegLib.storage.modelstore import TrainedModel, default_model_path, load_model, save_model
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
+from LiverTumorSegLib.core.features import FeatureSettings
+from LiverTumorSegLib.training.train import TrainSettings, train_model
 
 # Small phantoms (about 150 x 150 x 40 voxels of 2.2-2.8 mm), hypodense tumors only: the test
 # checks that the machinery learns, not the method's limits (benchmarks do that).

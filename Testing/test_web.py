@@ -66,8 +66,8 @@ def cli_error(path: Path) -> str:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, data_dir):
     """A real CT (TotalSegmentator's small abdomen) with three synthetic tumors, and its liver."""
-    from LiverTumorSegLib import io as lio
-    from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors
+    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
 
     folder = tmp_path_factory.mktemp("webcase")
     name, image, liver = load_reference_cases(data_dir)[0]
@@ -184,7 +184,7 @@ def test_bad_upload_shows_the_command_line_message_and_the_server_keeps_running(
 
 
 def test_the_whole_loop_in_the_browser(page, server, case, tmp_path):
-    from LiverTumorSegLib import io as lio
+    from LiverTumorSegLib.storage import images as lio
 
     upload(page, "ct", case / "ct.nii.gz")
     wait_message(page, "Loaded CT 'ct'", 60)

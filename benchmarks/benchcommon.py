@@ -74,7 +74,7 @@ def config_key(config: dict) -> str:
 
 
 def write_json(path: Path, data) -> None:
-    from LiverTumorSegLib.fsutil import write_json_atomic
+    from LiverTumorSegLib.storage.fsutil import write_json_atomic
 
     write_json_atomic(path, finite_or_none(data))
 
@@ -101,7 +101,7 @@ def finite_or_none(value):
 
 def save_figure(fig, path: Path) -> Path:
     """savefig through a temporary name (atomic)."""
-    from LiverTumorSegLib.fsutil import atomic_path
+    from LiverTumorSegLib.storage.fsutil import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -104,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these")
     args = parser.parse_args()
-    from LiverTumorSegLib.memory import available_bytes, segment_peak_bytes
+    from LiverTumorSegLib.storage.memory import available_bytes, segment_peak_bytes
 
     results = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
     results.setdefault("runs", {})
@@ -115,7 +115,7 @@ def main() -> None:
         record["shape_zyx"] = [spec["slices"], 512, 512]
         record["searched_box_zyx"] = None
         if spec["liver"]:  # the liver's box plus the 12 mm margin, as segment computes it
-            from LiverTumorSegLib.preprocess import liver_box
+            from LiverTumorSegLib.core.features import liver_box
 
             liver = sitk.GetArrayFromImage(sitk.ReadImage(str(WORK / f"liver{spec['slices']}.nrrd"))) > 0
             z0, z1, y0, y1, x0, x1 = liver_box(liver, liver.shape, SPACING[::-1], 12.0)

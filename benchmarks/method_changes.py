@@ -129,9 +129,9 @@ def parse_args(argv=None):
 
 def variant_settings(chain: list, name: str, seed: int, config: dict):
     """TrainSettings of a chain entry: every change from the top of the chain down to it."""
-    from LiverTumorSegLib.patches import PatchSettings
-    from LiverTumorSegLib.preprocess import FeatureSettings
-    from LiverTumorSegLib.training import TrainSettings
+    from LiverTumorSegLib.training.patches import PatchSettings
+    from LiverTumorSegLib.core.features import FeatureSettings
+    from LiverTumorSegLib.training.train import TrainSettings
 
     features, patches, train = {}, {}, {}
     for entry, _, f, p, t in chain:
@@ -158,7 +158,7 @@ def polarity_recall(pred: np.ndarray, labels: np.ndarray, image) -> dict:
     """{hypodense|hyperdense: [found, tumors]} (a tumor is found when the prediction overlaps it)."""
     from scipy import ndimage
 
-    from LiverTumorSegLib.lesions import label_lesions
+    from LiverTumorSegLib.core.lesions import label_lesions
 
     liver = labels > 0
     components, count = label_lesions(labels == 2)
@@ -179,7 +179,7 @@ SUMMARY_KEYS = ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_precision_
 
 def evaluate_predictor(predict, tests: dict) -> dict:
     """{test set: summary by size and polarity, plus per-case Dice} for predict(image, liver) -> bool mask."""
-    from LiverTumorSegLib.metrics import evaluate_case, summarize
+    from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize
 
     out = {}
     for test, cases in tests.items():
@@ -199,17 +199,17 @@ def evaluate_predictor(predict, tests: dict) -> dict:
 
 
 def run_variant(chain: list, name: str, seed: int, train_cases: list, tests: dict, config: dict) -> dict:
-    from LiverTumorSegLib.inference import segment
-    from LiverTumorSegLib.training import train_model
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.training.train import train_model
 
-    from LiverTumorSegLib.modelstore import default_model_path, load_model
+    from LiverTumorSegLib.storage.modelstore import default_model_path, load_model
 
     t = time.perf_counter()
     if name == NO_TRAINING:
         model = load_model(default_model_path())
         settings = None
     elif name in FINE_TUNES:  # the engine's own defaults, as Slicer's Retrain runs them, with the fixed steps
-        from LiverTumorSegLib.training import TrainSettings
+        from LiverTumorSegLib.training.train import TrainSettings
 
         settings = TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"], **FINE_TUNES[name])
         model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], settings, init=load_model(default_model_path()))
@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
     if args.chain == "retrain":  # its results depend on the shipped weights too
         import hashlib
 
-        from LiverTumorSegLib.modelstore import default_model_path
+        from LiverTumorSegLib.storage.modelstore import default_model_path
 
         import json
 

@@ -136,20 +136,20 @@ def engine_hash() -> str:
 # ---- data -------------------------------------------------------------------------------------
 
 def phantom_settings(name: str, **overrides):
-    from LiverTumorSegLib.phantom import PhantomSettings
+    from LiverTumorSegLib.data.phantom import PhantomSettings
 
     return getattr(PhantomSettings, name)(**overrides)
 
 
 def count_tumors(labels: np.ndarray) -> int:
-    from LiverTumorSegLib.lesions import label_lesions
+    from LiverTumorSegLib.core.lesions import label_lesions
 
     return int(label_lesions(labels == 2)[1])
 
 
 def exact_phantom(first_seed: int, n: int, preset: str):
     """The first phantom from seed `first_seed` on that holds exactly n tumors; (case, seed used)."""
-    from LiverTumorSegLib.phantom import make_phantom
+    from LiverTumorSegLib.data.phantom import make_phantom
 
     settings = phantom_settings(preset, n_tumors=(n, n))
     for seed in range(first_seed, first_seed + 200):
@@ -189,7 +189,7 @@ def training_sets(seed: int, config: dict) -> dict[int, list]:
 
 def phantom_test_set(config: dict) -> list:
     """[(case_id, image, labels)]: at least test_cases cases and test_min_tumors tumors."""
-    from LiverTumorSegLib.phantom import make_phantom
+    from LiverTumorSegLib.data.phantom import make_phantom
 
     settings = phantom_settings(config["phantom"], n_tumors=tuple(config["test_tumors"]))
     out, tumors, seed = [], 0, 5_000_000
@@ -207,7 +207,7 @@ def reference_test_set(config: dict, data_dir: Path) -> list:
     """Tumors synthesised into each real TotalSegmentator CT's liver, `ref_variants` seeds each."""
     if config["ref_variants"] <= 0:
         return []
-    from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors
+    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
 
     out = []
     for i, (name, image, liver) in enumerate(load_reference_cases(data_dir)):
@@ -227,8 +227,8 @@ def small_tumor_test_set(config: dict, data_dir: Path) -> list:
     1-5 mm slices) and tumors of 5-15 mm synthesised into each real reference CT
     (`small_ref_variants` per CT, 3-6 per liver, a quarter hyperdense; the Hu recipe's texture
     halves delta, so delta 40-120 HU gives 20-60 HU mean contrast). Seeds no training uses."""
-    from LiverTumorSegLib.phantom import make_phantom
-    from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors
+    from LiverTumorSegLib.data.phantom import make_phantom
+    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
 
     settings = phantom_settings(config["phantom"], n_tumors=(3, 6), tumor_diameter_mm=(5.0, 15.0), slice_mm=(1.0, 5.0),
                                 hypo_contrast_hu=(20.0, 60.0), hyper_contrast_hu=(20.0, 60.0),
@@ -263,8 +263,8 @@ def held_out_test_sets(config: dict, data_dir: Path) -> dict:
 
 
 def describe_set(cases: list) -> dict:
-    from LiverTumorSegLib.lesions import label_lesions
-    from LiverTumorSegLib.metrics import SIZE_BINS, equivalent_diameter_mm, size_bin
+    from LiverTumorSegLib.core.lesions import label_lesions
+    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, equivalent_diameter_mm, size_bin
 
     diameters = []
     for _, image, labels in cases:
@@ -286,8 +286,8 @@ def describe_set(cases: list) -> dict:
 # ---- one run ----------------------------------------------------------------------------------
 
 def train_settings(model: str, seed: int, config: dict):
-    from LiverTumorSegLib.preprocess import FeatureSettings
-    from LiverTumorSegLib.training import TrainSettings
+    from LiverTumorSegLib.core.features import FeatureSettings
+    from LiverTumorSegLib.training.train import TrainSettings
 
     extra = {}
     if config.get("patch_size"):
@@ -313,7 +313,7 @@ def train_settings(model: str, seed: int, config: dict):
 
 def evaluate(predict, cases: list) -> list[dict]:
     """Per-case metrics (metrics.evaluate_case) plus the case id and seconds per case."""
-    from LiverTumorSegLib.metrics import evaluate_case
+    from LiverTumorSegLib.evaluation.metrics import evaluate_case
 
     rows = []
     for case_id, image, labels in cases:
@@ -328,8 +328,8 @@ def evaluate(predict, cases: list) -> list[dict]:
 
 
 def run_network(model_name: str, k: int, seed: int, train_cases: list, tests: dict, config: dict) -> dict:
-    from LiverTumorSegLib.inference import segment
-    from LiverTumorSegLib.training import train_model
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.training.train import train_model
 
     settings = train_settings(model_name, seed, config)
     t = time.perf_counter()
@@ -360,7 +360,7 @@ def liver_relative(image, liver: np.ndarray):
 def fit_floor(kind: str, train_cases: list):
     """One of the FLOORS fitted on [(case_id, image, labels, ...)]: (ThresholdBaseline,
     predict(image, liver) -> bool mask); "threshold_relative" thresholds HU minus the liver median."""
-    from LiverTumorSegLib.baseline import fit_threshold_baseline
+    from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
 
     relative = kind == "threshold_relative"
 
@@ -395,7 +395,7 @@ def _stats(values: list) -> dict:
 def aggregate(runs: list[dict], test_sets: list[str]) -> dict:
     """{test set: {model: {K: metrics}}}: each metric as mean and spread (sample std) over seeds,
     plus per-case Dice pooled over all seeds (mean, std over cases) and recall by size pooled."""
-    from LiverTumorSegLib.metrics import SIZE_BINS, summarize
+    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, summarize
 
     out = {}
     for test in test_sets:
@@ -602,7 +602,7 @@ def _steps_text(steps: dict) -> str:
 
 
 def _brief(rows: list) -> dict:
-    from LiverTumorSegLib.metrics import summarize
+    from LiverTumorSegLib.evaluation.metrics import summarize
 
     s = summarize(rows)
     return {k: s[k] for k in ("n_cases", "dice_mean", "dice_std", "dice_global", "lesion_f1_mean", "hd95_mm_mean", "recall_by_size",

@@ -31,8 +31,8 @@ RING_MM = (2.0, 6.0)
 
 def tumor_visibility(image, labels) -> list[dict]:
     """Per tumor (26-connected component of label 2): size, local contrast, noise, CNR, edge distance."""
-    from LiverTumorSegLib.lesions import label_lesions
-    from LiverTumorSegLib.metrics import equivalent_diameter_mm, size_bin
+    from LiverTumorSegLib.core.lesions import label_lesions
+    from LiverTumorSegLib.evaluation.metrics import equivalent_diameter_mm, size_bin
 
     lab = labels.array
     liver = lab > 0
@@ -70,7 +70,7 @@ def band(cnr: float) -> str:
 
 def tabulate(tumors: list[dict], method: str) -> dict:
     """{size bin: {CNR band: [found, tumors]}} for one method."""
-    from LiverTumorSegLib.metrics import SIZE_BINS
+    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS
 
     table = {b: {name: [0, 0] for _, _, name in CNR_BANDS} for b in SIZE_BINS}
     for t in tumors:
@@ -87,8 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=bc.RESULTS_DIR / "small_tumor_visibility.json")
     p.add_argument("--data", type=Path, default=bc.REPO_DIR / "Testing" / "Data")
     args = p.parse_args(argv)
-    from LiverTumorSegLib.inference import segment
-    from LiverTumorSegLib.modelstore import default_model_path, load_model
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.storage.modelstore import default_model_path, load_model
 
     bc.set_threads(args.threads)
     start = time.perf_counter()
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
         print(case_id, [(r["size_bin"], r["cnr"], r["found"]["default_model"]) for r in rows], flush=True)
     fitted = []
     if args.model is None:  # the shipped model's own training phantoms
-        from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
+        from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
 
         for seed in range(100, 110):
             case = make_phantom(seed, PhantomSettings.full(max_slices=96))

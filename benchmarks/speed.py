@@ -70,8 +70,8 @@ def parse_args(argv=None):
 
 def make_volume(n_slices: int, matrix: int, folder: Path) -> tuple[Path, Path]:
     """image_<n>.nrrd (int16 HU) and liver_<n>.nrrd (uint8) on a matrix x matrix x n grid."""
-    from LiverTumorSegLib import io as lio
-    from LiverTumorSegLib.phantom import PhantomSettings, make_phantom
+    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
     from LiverTumorSegLib.volume import Volume
 
     image_path, liver_path = folder / f"image_{matrix}_{n_slices}.nrrd", folder / f"liver_{matrix}_{n_slices}.nrrd"
@@ -106,8 +106,8 @@ def train_to_target(arch: str, config: dict, models_dir: Path, seed: int = 0) ->
     schedule tied to max_steps, so the N-step run is exactly the first N steps of a longer run and
     its own wall time is the time to reach its Dice. The last model trained is saved for timing."""
     import small_data
-    from LiverTumorSegLib.modelstore import save_model
-    from LiverTumorSegLib.training import TrainSettings, train_model
+    from LiverTumorSegLib.storage.modelstore import save_model
+    from LiverTumorSegLib.training.train import TrainSettings, train_model
 
 
     # The small-data benchmark's seed-0 training set with exactly train_tumors tumors (3 cases for 7).
@@ -162,9 +162,9 @@ def worker(spec: dict) -> dict:
     import tempfile
 
     threads = bc.set_threads(spec.get("threads"))
-    from LiverTumorSegLib import io as lio
-    from LiverTumorSegLib.inference import segment
-    from LiverTumorSegLib.modelstore import load_model
+    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.storage.modelstore import load_model
 
     model = load_model(spec["model"])
     rss_before_mib = peak_rss_mib()

@@ -68,15 +68,15 @@ def protocol(config: dict, ks: list) -> dict:
 
 
 def train_settings(mode: str, seed: int, config: dict):
-    from LiverTumorSegLib.training import TrainSettings
+    from LiverTumorSegLib.training.train import TrainSettings
 
     extra = {k: config[k] for k in ("patch_size", "batch_size") if config.get(k)}
     return TrainSettings(seed=seed, minutes=600.0, max_steps=config["steps"], synthesis=mode, **extra)
 
 
 def run_one(mode: str, k: int, seed: int, train_cases: list, tests: dict, config: dict) -> dict:
-    from LiverTumorSegLib.inference import segment
-    from LiverTumorSegLib.training import train_model
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.training.train import train_model
 
     t = time.perf_counter()
     model = train_model([(cid, img, lab) for cid, img, lab, _ in train_cases], train_settings(mode, seed, config))

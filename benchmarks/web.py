@@ -145,7 +145,7 @@ def logic_breakdown(ct: Path, liver: Path) -> dict:
     server runs it), finishSegment (reads the result back, puts it into the scene)."""
     import slicer
 
-    from LiverTumorSegLib.logic import LiverTumorSegLogic
+    from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic
 
     logic = LiverTumorSegLogic(libraryPath=Path(tempfile.mkdtemp(prefix="web-bench-logic-")), scene=slicer.vtkMRMLScene())
     ctNode = logic.loadVolume(ct)

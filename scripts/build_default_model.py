@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from LiverTumorSegLib.baseline import fit_threshold_baseline  # noqa: E402
+from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline  # noqa: E402
 from LiverTumorSegLib.cli import make_progress_printer  # noqa: E402
-from LiverTumorSegLib.inference import segment  # noqa: E402
-from LiverTumorSegLib.metrics import evaluate_case, summarize  # noqa: E402
-from LiverTumorSegLib.modelstore import default_model_path, save_model  # noqa: E402
-from LiverTumorSegLib.phantom import PhantomSettings, make_phantom  # noqa: E402
-from LiverTumorSegLib.preprocess import FeatureSettings  # noqa: E402
-from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
-from LiverTumorSegLib.training import TrainSettings, train_model  # noqa: E402
+from LiverTumorSegLib.core.inference import segment  # noqa: E402
+from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize  # noqa: E402
+from LiverTumorSegLib.storage.modelstore import default_model_path, save_model  # noqa: E402
+from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom  # noqa: E402
+from LiverTumorSegLib.core.features import FeatureSettings  # noqa: E402
+from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.training.train import TrainSettings, train_model  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 from fit_spot_pass import default_spot_pass  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> int:
         sharp = {"edge_sigma_mm": (0.5, 1.0)} if args.visible_small else {}
         train += list(phantom_cases(range(200, 204), small)) + list(synthetic_real_cases((4, 5), (2.5, 8.0), (3, 6), "small", **sharp))
     if args.evaluate_only:
-        from LiverTumorSegLib.modelstore import load_model
+        from LiverTumorSegLib.storage.modelstore import load_model
 
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0

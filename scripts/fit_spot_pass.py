@@ -21,10 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 
-from LiverTumorSegLib.fsutil import write_json_atomic  # noqa: E402
-from LiverTumorSegLib.modelstore import META_FILE, default_model_path  # noqa: E402
-from LiverTumorSegLib.rehearsal import rehearsal_cases  # noqa: E402
-from LiverTumorSegLib.spots import SPOT_VARIANTS, fit_spot_detector, spot_fitting_cases  # noqa: E402
+from LiverTumorSegLib.storage.fsutil import write_json_atomic  # noqa: E402
+from LiverTumorSegLib.storage.modelstore import META_FILE, default_model_path  # noqa: E402
+from LiverTumorSegLib.training.rehearsal import rehearsal_cases  # noqa: E402
+from LiverTumorSegLib.training.spot_fitting import SPOT_VARIANTS, fit_spot_detector, spot_fitting_cases  # noqa: E402
 
 FITTING_PHANTOMS = 6
 SEED = 0

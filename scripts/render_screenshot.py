@@ -25,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 
-from LiverTumorSegLib import io as lio  # noqa: E402
-from LiverTumorSegLib.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
 
 WIDTH, HEIGHT = 1600, 800
 WINDOW_HU = (-160.0, 240.0)

@@ -153,7 +153,7 @@ def one_line(exc: Exception) -> str:
 def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES, option: str = "--out") -> Path | None:
     """Refuse outputs that would replace a user's file, that no reader would recognise, or that
     cannot be written (read-only folder, a file where a folder should be, an existing folder)."""
-    from .fsutil import unwritable_reason
+    from .storage.fsutil import unwritable_reason
 
     if path is None:
         return None
@@ -193,7 +193,7 @@ def check_distinct(outputs: dict, inputs: dict) -> None:
 
 
 def load_model_arg(path: str | None):
-    from .modelstore import default_model_path, load_model
+    from .storage.modelstore import default_model_path, load_model
 
     return load_model(Path(path) if path else default_model_path())
 
@@ -267,11 +267,11 @@ def make_progress_printer(as_json: bool):
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_segment(args) -> int:
-    from . import io as lio
-    from .fsutil import StagedOutputs
-    from .inference import segment
-    from .lesions import write_lesion_csv
-    from .memory import memory_problem
+    from .storage import images as lio
+    from .storage.fsutil import StagedOutputs
+    from .core.inference import segment
+    from .storage.lesion_csv import write_lesion_csv
+    from .storage.memory import memory_problem
 
     # Every output checked before any work: nothing of the user's replaced, nothing written half.
     out = check_output(args.out, args.overwrite)
@@ -321,7 +321,7 @@ def cmd_segment(args) -> int:
 
 def read_ct_and_liver(image_path, liver_path):
     """The CT (its integer type kept) and, when given, its liver mask on the CT's grid."""
-    from . import io as lio
+    from .storage import images as lio
 
     image = lio.read_image(image_path, keep_integer=True)
     return image, (lio.read_liver_mask(liver_path, reference=image) if liver_path else None)
@@ -329,8 +329,8 @@ def read_ct_and_liver(image_path, liver_path):
 
 def check_memory(image, liver, model) -> None:
     """Refuse up front a segmentation that would not fit in the free memory (memory.py)."""
-    from .memory import memory_problem
-    from .preprocess import liver_box
+    from .storage.memory import memory_problem
+    from .core.features import liver_box
 
     settings = model.feature_settings
     box = None
@@ -344,7 +344,7 @@ def check_memory(image, liver, model) -> None:
 
 def write_tumor_output(out: Path, tumor) -> None:
     """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment; else a uint8 labelmap."""
-    from . import io as lio
+    from .storage import images as lio
 
     if str(out).lower().endswith(".seg.nrrd"):
         lio.write_segmentation(out, tumor, [lio.TUMOR_SEGMENT])
@@ -365,7 +365,7 @@ class _MaxStepsHelp(str):
 
 
 def _default_steps() -> int:
-    from .training import TrainSettings
+    from .training.train import TrainSettings
 
     return TrainSettings.__dataclass_fields__["max_steps"].default
 
@@ -373,7 +373,7 @@ def _default_steps() -> int:
 def library_root(cases: str | os.PathLike) -> Path:
     """The folder a `train` run locks: the library (or folder of case folders) it was given, the
     parent of a single case folder."""
-    from .library import is_case_folder
+    from .storage.library import is_case_folder
 
     path = Path(cases)
     return path.parent if is_case_folder(path) else path
@@ -384,7 +384,7 @@ def read_training_cases(folders: list) -> list:
     values other than 0/1/2, no liver, labels off the CT) is skipped with a warning naming it and
     the fix; InputError when none is usable. A label map covering only part of its CT is used
     with a warning (the rest of the CT is trained as background)."""
-    from .library import read_case_folder
+    from .storage.library import read_case_folder
 
     cases, problems = [], []
     for folder in folders:
@@ -410,10 +410,10 @@ def read_training_cases(folders: list) -> list:
 
 
 def cmd_train(args) -> int:
-    from .fsutil import exclusive_lock
-    from .library import find_case_folders
-    from .modelstore import load_model, save_model
-    from .training import TrainSettings, train_model
+    from .storage.fsutil import exclusive_lock
+    from .storage.library import find_case_folders
+    from .storage.modelstore import load_model, save_model
+    from .training.train import TrainSettings, train_model
 
     out = Path(args.out)
     if out.exists():
@@ -444,7 +444,7 @@ def cmd_train(args) -> int:
             close()
         save_model(model, out)
     validation = model.meta.get("validation", {})
-    from .synthesis_search import describe
+    from .training.synthesis_search import describe
 
     synthesis = describe(model.meta.get("synthesis"))
     if args.progress_json:
@@ -462,14 +462,14 @@ def cmd_train(args) -> int:
 
 
 def check_model_folder_writable(out: Path) -> str | None:
-    from .fsutil import unwritable_reason
+    from .storage.fsutil import unwritable_reason
 
     return unwritable_reason(out / "model.pt")
 
 
 def cmd_evaluate(args) -> int:
-    from . import io as lio
-    from .metrics import evaluate_case
+    from .storage import images as lio
+    from .evaluation.metrics import evaluate_case
 
     truth = lio.read_labels_kind(args.truth)
     pred = lio.read_labels_kind(args.pred, reference=truth.volume)
@@ -483,9 +483,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_phantom(args) -> int:
-    from .phantom import PhantomSettings, write_phantom_cases
+    from .data.phantom import PhantomSettings, write_phantom_cases
 
-    from .fsutil import unwritable_reason
+    from .storage.fsutil import unwritable_reason
 
     if args.cases < 1:
         raise InputError(f"--cases {args.cases}: give at least 1")
@@ -507,7 +507,7 @@ def cmd_demo(args) -> int:
         raise InputError(f"--minutes {args.minutes} must be a positive number of minutes, e.g. 5")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed} must be 0 or more")
-    from .fsutil import unwritable_reason
+    from .storage.fsutil import unwritable_reason
 
     reason = unwritable_reason(Path(args.out) / "metrics.json")
     if reason:
@@ -543,7 +543,7 @@ def cmd_web(args) -> int:
     if missing:
         raise InputError(f"the web front end needs {', '.join(missing)}, which is not installed; "
                          "install it with `make venv` (or pip install -r requirements.txt)")
-    from .logic import defaultLibraryPath
+    from .slicer.logic import defaultLibraryPath
     from LiverTumorSegWeb.app import serve
 
     library = Path(args.library).expanduser() if args.library else defaultLibraryPath()

@@ -23,12 +23,12 @@ TRAIN_CASES, TEST_CASES = 3, 4
 
 
 def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False) -> dict:
-    from . import io as lio
-    from .baseline import fit_threshold_baseline
-    from .library import CaseLibrary, find_case_folders
-    from .modelstore import default_model_path, load_model, save_model
-    from .phantom import PhantomSettings, write_phantom_cases
-    from .training import TrainSettings, train_model
+    from .storage import images as lio
+    from .evaluation.floors import fit_threshold_baseline
+    from .storage.library import CaseLibrary, find_case_folders
+    from .storage.modelstore import default_model_path, load_model, save_model
+    from .data.phantom import PhantomSettings, write_phantom_cases
+    from .training.train import TrainSettings, train_model
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -100,8 +100,8 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
 
 def _segment_all(predictor, cases) -> dict:
     """Masks, summary (metrics.summarize) and seconds of a model (or the threshold floor) over cases."""
-    from .inference import segment
-    from .metrics import evaluate_case, summarize
+    from .core.inference import segment
+    from .evaluation.metrics import evaluate_case, summarize
 
     masks, rows, seconds = [], [], []
     for _, image, labels in cases:
@@ -122,7 +122,7 @@ STAGE_NAMES = {"default_model": "default model", "retrained": "after Retrain", "
 
 def story_table(report: dict) -> str:
     """Before / after / floor: per-case Dice and tumors found (and lesion precision) by size."""
-    from .metrics import SIZE_BINS
+    from .evaluation.metrics import SIZE_BINS
 
     bins = [b for b in SIZE_BINS if any(report[s]["lesions_by_size"][b][1] for s in STAGE_NAMES if s in report)]
     header = "| | per-case Dice | " + " | ".join(f"found {b}" for b in bins) + " | lesion precision |"
@@ -141,7 +141,7 @@ def _fmt(value) -> str:
 
 
 def _load(folder: Path):
-    from .library import read_case_folder
+    from .storage.library import read_case_folder
 
     return (folder.name, *read_case_folder(folder))
 
@@ -164,8 +164,8 @@ def write_overlay_png(path: Path, image, truth: np.ndarray, pred: np.ndarray, be
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .lesions import label_lesions
-    from .metrics import equivalent_diameter_mm
+    from .core.lesions import label_lesions
+    from .core.lesions import equivalent_diameter_mm
 
     z_most = int(np.argmax(truth.sum(axis=(1, 2)))) if truth.any() else image.shape[0] // 2
     panels = [(z_most, f"slice {z_most}: most tumor")]

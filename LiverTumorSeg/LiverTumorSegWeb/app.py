@@ -35,7 +35,7 @@ from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui, create_ver
 from trame_slicer.rca_view import RemoteViewFactory
 from trame_slicer.views import NoScheduleRendering, SliceView, ThreeDView, ViewType
 
-from LiverTumorSegLib import logic as liblogic
+from LiverTumorSegLib.slicer import logic as liblogic
 from LiverTumorSegLib.errors import Cancelled, InputError
 
 from .uploads import save_uploads

@@ -1,0 +1,149 @@
+"""Trained models on disk: one folder per version, never modified after it is written.
+
+    <folder>/model.pt    torch.save of a plain dict {format_version, spec, state_dict,
+                         feature_settings, threshold, min_lesion_mm3}: loadable with
+                         weights_only=True, so opening a model file runs no code from it
+    <folder>/model.json  human-readable metadata: format_version, created, parent, training_cases,
+                         settings, seed, validation {"dice": ...}, train_seconds, ...
+
+The folder is built under a temporary name and renamed into place, so a crash never leaves a
+half-written version, and an existing folder is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError, ModelError
+from .fsutil import atomic_path, make_temp_dir, write_json_atomic
+
+if TYPE_CHECKING:  # imported where used: the model list (web page, Slicer panel) needs no scipy
+    from ..core.features import FeatureSettings
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.pt"
+META_FILE = "model.json"
+
+
+@dataclass
+class TrainedModel:
+    """A network with everything needed to use it: its spec, the feature settings it was trained
+    with, the decision threshold chosen on validation data and the smallest lesion kept (mm^3)."""
+
+    network: object  # torch.nn.Module (torch is imported only where used)
+    spec: dict
+    feature_settings: FeatureSettings
+    threshold: float = 0.5
+    min_lesion_mm3: float = 30.0
+    meta: dict = field(default_factory=dict)
+
+
+def save_model(model: TrainedModel, folder: str | os.PathLike) -> Path:
+    """Write model.pt and model.json into a new folder; refuses an existing one."""
+    import torch
+
+    folder = Path(folder)
+    if folder.exists():
+        raise InputError(f"{folder} already exists; model versions are never overwritten, choose a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "spec": dict(model.spec),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()},
+        "feature_settings": model.feature_settings.to_dict(),
+        "threshold": float(model.threshold),
+        "min_lesion_mm3": float(model.min_lesion_mm3),
+    }
+    meta = {"format_version": FORMAT_VERSION, **_jsonable(model.meta)}
+    meta.setdefault("threshold", float(model.threshold))
+    meta.setdefault("min_lesion_mm3", float(model.min_lesion_mm3))
+    meta.setdefault("spec", dict(model.spec))
+    tmp = make_temp_dir(folder)  # hidden; a killed save's leftover is removed by the next save here
+    try:
+        with atomic_path(tmp / WEIGHTS_FILE) as path:
+            torch.save(payload, path)
+        write_json_atomic(tmp / META_FILE, meta)
+        if folder.exists():
+            raise InputError(f"{folder} appeared while saving; model versions are never overwritten")
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_model(path: str | os.PathLike) -> TrainedModel:
+    """A model from its folder (or its model.pt), network in eval mode. ModelError says how to fix."""
+    import torch
+
+    from ..core.network import build_network
+
+    path = Path(path)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if path.is_file() and path.suffix.lower() == ".json":
+        raise ModelError(
+            f"{path} is the model's description, not its weights; give the model folder "
+            f"({path.parent}) or its {WEIGHTS_FILE}"
+        )
+    if not weights.is_file():
+        raise ModelError(
+            f"no model at {path}: expected a model folder holding {WEIGHTS_FILE} (or that file); "
+            "train one (`livertumorseg train`) or choose another model folder"
+        )
+    try:
+        payload = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelError(f"{weights} is not a readable model file ({type(exc).__name__}); it is damaged or "
+                         "not a LiverTumorSeg model: retrain it or restore it from a backup") from exc
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise ModelError(f"{weights} is not a LiverTumorSeg model file; choose a model folder written by this tool")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise ModelError(
+            f"{weights} has model format {payload['format_version']}, this version reads format {FORMAT_VERSION}; "
+            "retrain the model with this version (or use the version that wrote it)"
+        )
+    from ..core.features import FeatureSettings
+
+    try:
+        network = build_network(payload["spec"])
+        network.load_state_dict(payload["state_dict"])
+        features = FeatureSettings.from_dict(payload["feature_settings"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{weights} does not match its network description ({exc}); retrain the model") from exc
+    network.eval()
+    meta_path = weights.parent / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (OSError, ValueError):
+        meta = {}
+    meta["version"] = weights.parent.name
+    return TrainedModel(
+        network=network,
+        spec=dict(payload["spec"]),
+        feature_settings=features,
+        threshold=float(payload["threshold"]),
+        min_lesion_mm3=float(payload["min_lesion_mm3"]),
+        meta=meta,
+    )
+
+
+def default_model_path() -> Path:
+    """Resources/Models/default, from the package's location: the source tree keeps Resources two
+    levels above the package (repo/LiverTumorSeg/LiverTumorSegLib), a Slicer install tree one level
+    above it (qt-scripted-modules/LiverTumorSegLib beside qt-scripted-modules/Resources)."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = [package.parent.parent / "Resources", package.parent / "Resources"]
+    for resources in candidates:
+        if (resources / "Models").is_dir():
+            return resources / "Models" / "default"
+    return candidates[0] / "Models" / "default"
+
+
+def _jsonable(value):
+    """Metadata as plain JSON types (tuples -> lists, numpy scalars -> Python numbers)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
