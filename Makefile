@@ -46,10 +46,8 @@ model: venv
 bench: venv
 	$(PY) benchmarks/small_data.py
 	$(PY) benchmarks/method_changes.py
-	$(PY) benchmarks/method_changes.py --chain round2 --seeds 0 1
 	$(PY) benchmarks/method_changes.py --chain grid --seeds 0 1
 	$(PY) benchmarks/method_changes.py --chain retrain --steps 600
-	$(PY) benchmarks/method_changes.py --chain lesion_weight --variants base lesion_weight_full --threads 1
 	$(PY) benchmarks/small_tumor_visibility.py
 	$(PY) benchmarks/speed.py
 

@@ -47,6 +47,7 @@ def _forgetStaleLib() -> None:
 _forgetStaleLib()
 
 from LiverTumorSegLib.slicer import logic as liblogic  # noqa: E402
+from LiverTumorSegLib.slicer import rules  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
 
 LIBRARY_SETTING = "LiverTumorSeg/LibraryFolder"
@@ -233,56 +234,33 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- GUI state -------------------------------------------------------------------------
     def _checkCanApply(self, caller=None, event=None) -> None:
-        """Enable each action only when its inputs are there and no job is in its way; the tooltip
-        says what is missing."""
+        """Enable each action by the rules the web page shares (rules.py); the tooltip says what is missing."""
         p = self._parameterNode
         self._syncLiverSelector()
-        hasLiverSegment = bool(p and p.liverSegmentation and p.liverSegmentId)
         output = p.outputSegmentation if p else None
-        tumorId = self.logic.tumorSegmentId(output)
-        segmenting = self._segmentJob is not None
-        training = self._trainingJob is not None
-        waitSegment = _("segmentation is running: wait for it or Cancel it")
-        waitTraining = _("training is running: wait for it or Cancel it")
-
-        missing = [waitSegment] if segmenting else []
-        if not (p and p.inputVolume):
-            missing.append(_("choose a CT volume"))
-        if not (hasLiverSegment or (p and p.liverRoi)):
-            missing.append(_("choose the liver segment or an ROI around the liver"))
-        if not self._hasModel:
-            missing.append(_("there is no model yet: add corrected cases and Retrain"))
-        self._enable(self.ui.segmentButton, not missing, _("Segment liver tumors into the output segmentation, in the background"), missing)
-        self.ui.cancelSegmentButton.enabled = segmenting
-
-        self._enable(self.ui.correctButton, bool(tumorId) and not segmenting, _("Open the Segment Editor on the result"),
-                     [waitSegment] if segmenting else [_("segment first")])
-        missing = [waitSegment] if segmenting else []
-        if not (p and p.inputVolume):
-            missing.append(_("choose a CT volume"))
-        if not hasLiverSegment:
-            missing.append(_("choose the liver as a segment (an ROI box is not a liver outline)"))
-        if not tumorId:
-            missing.append(_("segment (and correct) the tumors first"))
-        self._enable(self.ui.addCaseButton, not missing, _("Save CT, liver and tumor segment as a training case"), missing)
-        self._enable(self.ui.removeCaseButton, bool(self.ui.caseListWidget.selectedItems()),
-                     _("Remove the selected case"), [_("select a case")])
-
-        missing = [waitTraining] if training else []
-        if segmenting:
-            missing.append(waitSegment)
-        if self._caseCount == 0:
-            missing.append(_("add at least one case"))
-        self._enable(self.ui.retrainButton, not missing, _("Fine-tune the active model on all cases"), missing)
-        self.ui.cancelTrainingButton.enabled = training
-        busy = [text for flag, text in ((segmenting, waitSegment), (training, waitTraining)) if flag]
-        self._enable(self.ui.libraryPathLineEdit, not busy,
-                     _("Folder holding your training cases and model versions (a setting, kept between sessions)."), busy)
-        hasMap = self.logic.probabilityNode(output) is not None
-        self._enable(self.ui.thresholdSliderWidget, hasMap and not segmenting,
-                     _("Probability above which a voxel is tumor. Moving it re-thresholds the kept probability "
-                       "map without running the network again."),
-                     [waitSegment] if segmenting else [_("segment first (the slider re-thresholds the result)")])
+        state = rules.PanelState(
+            hasCt=bool(p and p.inputVolume), hasLiverSegment=bool(p and p.liverSegmentation and p.liverSegmentId),
+            hasLiverRoi=bool(p and p.liverRoi), hasModel=self._hasModel, hasTumor=bool(self.logic.tumorSegmentId(output)),
+            hasProbability=self.logic.probabilityNode(output) is not None, caseCount=self._caseCount,
+            caseSelected=bool(self.ui.caseListWidget.selectedItems()),
+            segmenting=self._segmentJob is not None, training=self._trainingJob is not None)
+        for widget, blockers, tip in (
+                (self.ui.segmentButton, rules.segmentBlockers,
+                 _("Segment liver tumors into the output segmentation, in the background")),
+                (self.ui.correctButton, rules.correctBlockers, _("Open the Segment Editor on the result")),
+                (self.ui.addCaseButton, rules.addCaseBlockers, _("Save CT, liver and tumor segment as a training case")),
+                (self.ui.removeCaseButton, rules.removeCaseBlockers, _("Remove the selected case")),
+                (self.ui.retrainButton, rules.retrainBlockers, _("Fine-tune the active model on all cases")),
+                (self.ui.libraryPathLineEdit, rules.libraryBlockers,
+                 _("Folder holding your training cases and model versions (a setting, kept between sessions).")),
+                (self.ui.thresholdSliderWidget, rules.thresholdBlockers,
+                 _("Probability above which a voxel is tumor. Moving it re-thresholds the kept probability "
+                   "map without running the network again."))):
+            missing = blockers(state)
+            widget.enabled = not missing
+            widget.toolTip = tip if not missing else _("To enable: ") + "; ".join(self._reasonText(r) for r in missing)
+        self.ui.cancelSegmentButton.enabled = state.segmenting
+        self.ui.cancelTrainingButton.enabled = state.training
         table = self.logic.lesionTableNode(output)
         if self.ui.lesionTableView.mrmlTableNode() != table:
             self.ui.lesionTableView.setMRMLTableNode(table)
@@ -311,9 +289,21 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updatingGui = False
 
     @staticmethod
-    def _enable(button, enabled: bool, tip: str, missing: list) -> None:
-        button.enabled = enabled
-        button.toolTip = tip if enabled else _("To enable: ") + "; ".join(missing)
+    def _reasonText(reason: str) -> str:
+        """The panel's words for why an action is blocked (rules.py's reasons)."""
+        return {
+            rules.SEGMENTING: _("segmentation is running: wait for it or Cancel it"),
+            rules.TRAINING: _("training is running: wait for it or Cancel it"),
+            rules.NO_CT: _("choose a CT volume"),
+            rules.NO_LIVER: _("choose the liver segment or an ROI around the liver"),
+            rules.NO_LIVER_SEGMENT: _("choose the liver as a segment (an ROI box is not a liver outline)"),
+            rules.NO_MODEL: _("there is no model yet: add corrected cases and Retrain"),
+            rules.NO_RESULT: _("segment first"),
+            rules.NO_TUMOR: _("segment (and correct) the tumors first"),
+            rules.NO_PROBABILITY: _("segment first (the slider re-thresholds the result)"),
+            rules.NO_CASE: _("add at least one case"),
+            rules.NO_CASE_SELECTED: _("select a case"),
+        }[reason]
 
     def _syncLiverSelector(self) -> None:
         """The segment selector has no parameter-node connector: mirror it by hand."""
@@ -433,17 +423,10 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showSegmentProgress(self, job) -> None:
         """Stage and step in the bar (e.g. "Network step 12/40"), with the time since the start in the label."""
-        elapsed = liblogic.formatMinutes(job.elapsed)
-        if job.latest is None:  # reading the CT and loading the model come before the first report
-            self.ui.segmentStatusLabel.text = _("Segmenting in the background: {t} elapsed").format(t=elapsed)
-            return
-        info = dict(job.latest, elapsed_s=job.elapsed)
-        percent, text = liblogic.describeProgress(info, job.stageSpans)
-        barText = liblogic.stageText(info)
-        if info.get("stage") == "done":  # the command line is still writing its result files
-            barText, text = _("Writing the result..."), _("Writing the result: {t} elapsed").format(t=elapsed)
-        self.ui.segmentProgressBar.value = percent
-        self.ui.segmentProgressBar.setFormat(barText)  # as Slicer's CLI stage bar shows its message
+        percent, barText, text = rules.segmentProgress(job.latest, job.elapsed, job.stageSpans)
+        if percent is not None:  # None: the CT is still being read (no report yet)
+            self.ui.segmentProgressBar.value = percent
+            self.ui.segmentProgressBar.setFormat(barText)  # as Slicer's CLI stage bar shows its message
         self.ui.segmentStatusLabel.text = text
 
     def _segmentFinished(self, job) -> None:
@@ -466,7 +449,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         lesions = table.GetNumberOfRows()
         self.ui.segmentStatusLabel.text = _("{n} lesion(s) found in {t}.").format(
-            n=lesions, t=liblogic.formatMinutes(job.elapsed))
+            n=lesions, t=rules.formatMinutes(job.elapsed))
         if job.warnings:  # e.g. a liver segment covering the whole CT, values that are not HU
             self.ui.segmentStatusLabel.text += " " + _("Warning: {w}").format(w=job.warnings[-1])
             self.ui.segmentStatusLabel.toolTip = "\n".join(job.warnings)
@@ -586,7 +569,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _pollTraining(self) -> None:
         job = self._trainingJob
         for info in job.poll():
-            percent, text = liblogic.describeProgress(info)
+            percent, text = rules.describeProgress(info)
             self.ui.trainingProgressBar.value = percent
             self.ui.trainingStatusLabel.text = text
         if job.finished:
@@ -684,7 +667,7 @@ def installTorch() -> None:
 
 
 class LiverTumorSegLogic(ScriptedLoadableModuleLogic, liblogic.LiverTumorSegLogic):
-    """The Lib Logic (MRML only, see LiverTumorSegLib/logic.py) plus Slicer's parameter node and settings."""
+    """The Lib Logic (MRML only, see LiverTumorSegLib/slicer/logic.py) plus Slicer's parameter node and settings."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)  # cooperative: also runs the Lib Logic's __init__
@@ -722,7 +705,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from LiverTumorSegLib.storage import images as lio
+        from LiverTumorSegLib.storage import images
         from LiverTumorSegLib.slicer import mrml
         from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
 
@@ -732,7 +715,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         ct = mrml.add_volume_node(scene, case.image, "Phantom CT")
         liverSegmentation = mrml.new_segmentation_node(scene, ct, "Phantom liver")
         liverId = mrml.write_segment(liverSegmentation, case.labels.array > 0, ct, name="Liver",
-                                     color=lio.LIVER_SEGMENT.color, terminology=lio.LIVER_SEGMENT.terminology)
+                                     color=images.LIVER_SEGMENT.color, terminology=images.LIVER_SEGMENT.terminology)
         slicer.util.setSliceViewerLayers(background=ct, fit=True)
 
         logic = LiverTumorSegLogic()

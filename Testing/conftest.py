@@ -21,7 +21,7 @@ def totalseg_dir(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def references(totalseg_dir):
     """The tumor-free reference CTs with their livers, read once: {name: (CT, liver mask)}."""
-    from LiverTumorSegLib.data.synthesis import load_reference_cases
+    from LiverTumorSegLib.evaluation.test_sets import load_reference_cases
 
     return {name: (image, liver) for name, image, liver in load_reference_cases(totalseg_dir)}
 

@@ -109,10 +109,9 @@ def test_method_changes_tiny_writes_every_variant_of_the_chain_by_size(tmp_path)
     by_name = {v["variant"]: v for v in result["variants"]}
     # Changes accumulate down the chain: the last variant holds every earlier change too.
     last = by_name[chain[-1]]["settings"]
-    assert last["features"]["liver_reference"] == "mode" and last["loss"] == "patch_dice"
-    assert last["threshold_objective"] == "lesion" and last["features"]["spacing_mm"] == 1.5
-    assert by_name["base"]["settings"]["features"]["liver_reference"] == "median"
-    assert by_name["base"]["settings"]["loss"] == "batch_dice"
+    assert last["synthetic_tumors"] == [2, 4] and last["features"]["spacing_mm"] == 1.5
+    assert by_name["base"]["settings"]["features"]["spacing_mm"] == 2.0
+    assert by_name["base"]["settings"]["synthetic_tumors"] == [1, 2]
     tests = set(result["test_sets"])
     assert tests == {"phantom", "reference_synth", "small_tumor"}
     for entry in [*result["variants"], *result["floors"]["0"].values()]:

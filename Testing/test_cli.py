@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.storage import images as lio
+from LiverTumorSegLib.storage import images
 from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.volume import Volume
 
@@ -100,8 +100,8 @@ def test_evaluate_prints_metrics_json(tmp_path, capsys):
     truth[4:6, 8:12, 8:12] = 2
     pred = (truth == 2).astype(np.uint8)
     pred[4:6, 8:12, 8:10] = 0  # half the tumor missed
-    lio.write_labelmap(Volume(truth), tmp_path / "truth.nrrd")
-    lio.write_labelmap(Volume(pred), tmp_path / "pred.nrrd")
+    images.write_labelmap(Volume(truth), tmp_path / "truth.nrrd")
+    images.write_labelmap(Volume(pred), tmp_path / "pred.nrrd")
     assert main(["evaluate", str(tmp_path / "pred.nrrd"), str(tmp_path / "truth.nrrd")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["dice"] == pytest.approx(2 * 16 / (16 + 32))
@@ -159,11 +159,11 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
     result = run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", out,
                      "--model", tiny_model_dir, "--prob", prob, "--lesions", csv)
     assert result.returncode == 0, result.stderr
-    image = lio.read_image(case / "image.nrrd")
-    labels, segments = lio.read_segmentation(out)
+    image = images.read_image(case / "image.nrrd")
+    labels, segments = images.read_segmentation(out)
     assert labels.same_grid(image)
     assert segments[0].name == "Liver tumor"
-    probability = lio.read_image(prob)
+    probability = images.read_image(prob)
     assert probability.same_grid(image) and 0.0 <= probability.array.min() and probability.array.max() <= 1.0
     assert csv.read_text().splitlines()[0].lower().startswith("id")
     # The labelmap output is the same mask on the same grid.
@@ -171,7 +171,7 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
     again = run_cli("segment", case / "image.nrrd", "--liver", case / "label.nrrd", "--out", label_out,
                     "--model", tiny_model_dir, "--threads", "1", "--progress-json")
     assert again.returncode == 0, again.stderr
-    labelmap = lio.read_labels(label_out, reference=image)
+    labelmap = images.read_labels(label_out, reference=image)
     np.testing.assert_array_equal(labelmap.array > 0, labels.array > 0)
     # Progress as JSON lines for the Slicer module: every stage, ending with "done".
     progress = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
@@ -222,8 +222,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert report["training"]["tumors"] >= 3 and report["training"]["parent_check"]["parent"] == "default"
     assert "| after Retrain |" in result.stdout and "| default model |" in result.stdout and "| found " in result.stdout
     seg = next(out.glob("*_tumor.seg.nrrd"))
-    ct = lio.read_image(next(out.glob("*_ct.nrrd")))
-    assert lio.read_segmentation(seg)[0].same_grid(ct)
+    ct = images.read_image(next(out.glob("*_ct.nrrd")))
+    assert images.read_segmentation(seg)[0].same_grid(ct)
     assert next(out.glob("*_overlay.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "library" / "models" / "ACTIVE").read_text().strip() == "v001"
     # A second run never writes into a folder that already holds results.

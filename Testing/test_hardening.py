@@ -29,7 +29,7 @@ import pytest
 import SimpleITK as sitk
 
 from LiverTumorSegLib.storage import fsutil
-from LiverTumorSegLib.storage import images as lio
+from LiverTumorSegLib.storage import images
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.storage.modelstore import default_model_path
 from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
@@ -55,24 +55,24 @@ class World:
         self.case = case
         self.ct = inp / "ct.nrrd"
         self.liver = inp / "liver.nrrd"
-        lio.write_image(case.image, self.ct)
-        lio.write_labelmap(case.labels, self.liver)
+        images.write_image(case.image, self.ct)
+        images.write_labelmap(case.labels, self.liver)
         self.tumor_seg = inp / "tumor.seg.nrrd"  # what `segment --out x.seg.nrrd` writes
-        lio.write_segmentation(self.tumor_seg, case.labels.with_array((case.labels.array == 2).astype(np.uint8)),
-                               [lio.TUMOR_SEGMENT])
+        images.write_segmentation(self.tumor_seg, case.labels.with_array((case.labels.array == 2).astype(np.uint8)),
+                               [images.TUMOR_SEGMENT])
         self.lits_no_tumor = inp / "lits_no_tumor.nrrd"  # a LiTS truth of a tumor-free case: 0/1 only
-        lio.write_labelmap(case.labels.with_array((case.labels.array > 0).astype(np.uint8)), self.lits_no_tumor)
+        images.write_labelmap(case.labels.with_array((case.labels.array > 0).astype(np.uint8)), self.lits_no_tumor)
         self.empty_pred = inp / "empty_pred.nrrd"
-        lio.write_labelmap(case.labels.with_array(np.zeros(case.labels.shape, np.uint8)), self.empty_pred)
+        images.write_labelmap(case.labels.with_array(np.zeros(case.labels.shape, np.uint8)), self.empty_pred)
         self.full_liver = inp / "liver_full.nrrd"
-        lio.write_labelmap(case.labels.with_array(np.ones(case.labels.shape, np.uint8)), self.full_liver)
+        images.write_labelmap(case.labels.with_array(np.ones(case.labels.shape, np.uint8)), self.full_liver)
         self.mr_like = inp / "mr_like.nrrd"  # no negative values, liver far above any HU
         hu = case.image.array.astype(np.float32)
-        lio.write_image(case.image.with_array(np.clip((hu + 1000.0) * 0.75, 0, 1500).astype(np.int16)), self.mr_like)
+        images.write_image(case.image.with_array(np.clip((hu + 1000.0) * 0.75, 0, 1500).astype(np.int16)), self.mr_like)
         self.thick, self.thick_liver = inp / "thick.nrrd", inp / "thick_liver.nrrd"
         thick_ct, thick_liver = resample_z(case.image, 50.0), resample_z(case.labels, 50.0)
-        lio.write_image(thick_ct, self.thick)
-        lio.write_labelmap(thick_liver, self.thick_liver)
+        images.write_image(thick_ct, self.thick)
+        images.write_labelmap(thick_liver, self.thick_liver)
         self.spacing0 = inp / "spacing0.nrrd"
         write_raw_nrrd(self.spacing0, case.image.array[:8], spacings=(2.0, 2.0, 0.0))
         self.corrupt = inp / "corrupt.nrrd"
@@ -127,13 +127,13 @@ def make_library(root: Path, cases: list, relabel: dict | None = None, corrupt_i
         labels = case.labels.array.copy()
         for old, new in (relabel or {}).items():
             labels[case.labels.array == old] = new
-        lio.write_image(case.image, folder / "image.nrrd")
+        images.write_image(case.image, folder / "image.nrrd")
         label_volume = case.labels.with_array(labels)
         if i in crop_label:  # a label map covering only the middle slices (same physical space)
             image = label_volume.to_sitk()
             z = image.GetSize()[2]
             label_volume = Volume.from_sitk(image[:, :, z // 4 : 3 * z // 4])
-        lio.write_labelmap(label_volume, folder / "label.nrrd")
+        images.write_labelmap(label_volume, folder / "label.nrrd")
         if i in corrupt_image:
             data = (folder / "image.nrrd").read_bytes()
             (folder / "image.nrrd").write_bytes(data[: len(data) // 2])  # a truncated copy
@@ -337,14 +337,14 @@ def test_row2_outputs_are_all_or_nothing_when_a_write_fails(tmp_path):
     first, second, third = tmp_path / "a.seg.nrrd", tmp_path / "b.nrrd", tmp_path / "c.nrrd"
     with pytest.raises(InputError, match="integer labels"):
         with fsutil.StagedOutputs() as staged:
-            lio.write_segmentation(staged.path_for(first), grid, [lio.TUMOR_SEGMENT])
-            lio.write_image(grid, staged.path_for(second))
-            lio.write_labelmap(grid.with_array(np.full(grid.shape, 0.5, np.float32)), staged.path_for(third))
+            images.write_segmentation(staged.path_for(first), grid, [images.TUMOR_SEGMENT])
+            images.write_image(grid, staged.path_for(second))
+            images.write_labelmap(grid.with_array(np.full(grid.shape, 0.5, np.float32)), staged.path_for(third))
             staged.commit()
     assert list(tmp_path.iterdir()) == []
     with fsutil.StagedOutputs() as staged:  # and when all succeed, all appear
-        lio.write_segmentation(staged.path_for(first), grid, [lio.TUMOR_SEGMENT])
-        lio.write_image(grid, staged.path_for(second))
+        images.write_segmentation(staged.path_for(first), grid, [images.TUMOR_SEGMENT])
+        images.write_image(grid, staged.path_for(second))
         staged.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.seg.nrrd", "b.nrrd"]
 
@@ -357,7 +357,7 @@ def test_row3_4_outputs_with_overwrite_replace_only_the_named_outputs(world, tmp
     inputs = {p: p.read_bytes() for p in (world.ct, world.liver)}
     result = run(seg(world, "--out", out, "--prob", prob, "--overwrite"))
     assert result.returncode == 0, result.stderr
-    assert lio.is_segmentation_file(out) and lio.read_image(prob).array.max() <= 1.0
+    assert images.is_segmentation_file(out) and images.read_image(prob).array.max() <= 1.0
     assert all(p.read_bytes() == data for p, data in inputs.items())
 
 

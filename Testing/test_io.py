@@ -1,4 +1,4 @@
-"""io.py against real files: DICOM and NIfTI fixtures, Slicer's own reader and writer (slicer-core)."""
+"""images.py against real files: DICOM and NIfTI fixtures, Slicer's own reader and writer (slicer-core)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from LiverTumorSegLib.storage import images as io
+from LiverTumorSegLib.storage import images
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.volume import Volume
 
@@ -39,7 +39,7 @@ def assert_same_geometry(a: Volume, b: Volume, tol: float = 1e-12) -> None:
 
 @pytest.fixture(scope="module")
 def dicom_ct(totalseg_dir) -> Volume:
-    return io.read_image(totalseg_dir / "example_ct_dicom")
+    return images.read_image(totalseg_dir / "example_ct_dicom")
 
 
 # ---- reading real CT --------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_dicom_series_is_read_in_hu(dicom_ct):
 
 def test_flipped_liver_mask_is_resampled_into_place(dicom_ct, totalseg_dir):
     path = totalseg_dir / "example_ct_dicom_liver.nii.gz"
-    liver = io.read_liver_mask(path, dicom_ct)
+    liver = images.read_liver_mask(path, dicom_ct)
     stored = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(bool)
     # The file's y axis points the other way (direction[4] = -1) over the same voxel centres, so the
     # mask on the CT grid is the stored array flipped along y, voxel for voxel.
@@ -62,8 +62,8 @@ def test_flipped_liver_mask_is_resampled_into_place(dicom_ct, totalseg_dir):
 
 
 def test_same_grid_mask_is_returned_as_is(totalseg_dir):
-    ct = io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
-    labels = io.read_labels(totalseg_dir / "example_ct_sm_liver.nii.gz", reference=ct)
+    ct = images.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+    labels = images.read_labels(totalseg_dir / "example_ct_sm_liver.nii.gz", reference=ct)
     stored = sitk.GetArrayFromImage(sitk.ReadImage(str(totalseg_dir / "example_ct_sm_liver.nii.gz")))
     assert labels.same_grid(ct) and labels.array.dtype == np.uint8
     np.testing.assert_array_equal(labels.array, stored)
@@ -76,7 +76,7 @@ def test_mask_on_coarser_grid_is_resampled_onto_the_ct():
     coarse[4:6, 8:12, 8:12] = 2  # 2x2 mm in-plane voxels, 4 mm slices
     # Voxel (i) of the coarse grid covers CT voxels 2i, 2i+1: origin shifted by half a fine voxel.
     mask = Volume(coarse, (2.0, 2.0, 4.0), (-19.5, -19.5, 1.0))
-    out = io.labels_on_grid(mask, ct)
+    out = images.labels_on_grid(mask, ct)
     expected = np.zeros(ct.shape, np.uint8)
     expected[8:12, 16:24, 16:24] = 2
     np.testing.assert_array_equal(out.array, expected)
@@ -88,8 +88,8 @@ def test_oblique_ct_round_trip_keeps_geometry(tmp_path, suffix, tol):
     hu = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) * 7 - 1000
     volume = oblique_volume(hu)
     path = tmp_path / f"ct{suffix}"
-    io.write_image(volume, path)
-    back = io.read_image(path)
+    images.write_image(volume, path)
+    back = images.read_image(path)
     assert_same_geometry(back, volume, tol)
     np.testing.assert_array_equal(back.array, hu)
     assert sitk.ReadImage(str(path)).GetPixelID() == sitk.sitkInt16  # integral HU stored as int16
@@ -98,34 +98,34 @@ def test_oblique_ct_round_trip_keeps_geometry(tmp_path, suffix, tol):
 
 def test_fractional_values_are_stored_as_float(tmp_path):
     hu = np.linspace(-1000.25, 500.5, 60, dtype=np.float32).reshape(3, 4, 5)
-    io.write_image(oblique_volume(hu), tmp_path / "ct.nrrd")
+    images.write_image(oblique_volume(hu), tmp_path / "ct.nrrd")
     assert sitk.ReadImage(str(tmp_path / "ct.nrrd")).GetPixelID() == sitk.sitkFloat32
-    np.testing.assert_array_equal(io.read_image(tmp_path / "ct.nrrd").array, hu)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "ct.nrrd").array, hu)
 
 
 def test_labelmap_is_compressed_uint8(tmp_path):
     labels = two_segment_labels()
-    io.write_labelmap(labels, tmp_path / "label.nrrd")
+    images.write_labelmap(labels, tmp_path / "label.nrrd")
     header = (tmp_path / "label.nrrd").read_bytes().split(b"\n\n")[0].decode("latin-1")
     assert "type: unsigned char" in header and "encoding: gzip" in header
-    back = io.read_labels(tmp_path / "label.nrrd", reference=labels)
+    back = images.read_labels(tmp_path / "label.nrrd", reference=labels)
     np.testing.assert_array_equal(back.array, labels.array)
 
 
 def test_segmentation_round_trip(tmp_path):
     labels = two_segment_labels()
     path = tmp_path / "out.seg.nrrd"
-    io.write_segmentation(path, labels, io.CASE_SEGMENTS)
-    back, segments = io.read_segmentation(path)
+    images.write_segmentation(path, labels, images.CASE_SEGMENTS)
+    back, segments = images.read_segmentation(path)
     assert_same_geometry(back, labels, 1e-12)
     np.testing.assert_array_equal(back.array, labels.array)
-    assert segments == list(io.CASE_SEGMENTS)
-    np.testing.assert_array_equal(io.read_labels(path).array, labels.array)
+    assert segments == list(images.CASE_SEGMENTS)
+    np.testing.assert_array_equal(images.read_labels(path).array, labels.array)
 
 
 def test_segmentation_header_is_what_slicer_writes(tmp_path):
     path = tmp_path / "out.seg.nrrd"
-    io.write_segmentation(path, two_segment_labels(), io.CASE_SEGMENTS)
+    images.write_segmentation(path, two_segment_labels(), images.CASE_SEGMENTS)
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
     header.ReadImageInformation()
@@ -136,7 +136,7 @@ def test_segmentation_header_is_what_slicer_writes(tmp_path):
     assert meta["Segment1_Name"] == "Liver tumor" and meta["Segment1_LabelValue"] == "2"
     assert meta["Segment1_Layer"] == "0"
     assert meta["Segment1_Extent"] == "4 6 3 4 2 3"  # x 4..6, y 3..4, z 2..3
-    assert meta["Segment0_Tags"] == f"TerminologyEntry:{io.LIVER_TERMINOLOGY}|"
+    assert meta["Segment0_Tags"] == f"TerminologyEntry:{images.LIVER_TERMINOLOGY}|"
     assert "~SCT^4147007^Mass~" in meta["Segment1_Tags"] and "SCT^10200004^Liver" in meta["Segment1_Tags"]
 
 
@@ -167,10 +167,10 @@ def _oriented_image_array(image) -> tuple[np.ndarray, np.ndarray, tuple]:
 def test_slicer_opens_our_segmentation_with_right_geometry(tmp_path):
     labels = two_segment_labels()
     path = tmp_path / "out.seg.nrrd"
-    io.write_segmentation(path, labels, io.CASE_SEGMENTS)
+    images.write_segmentation(path, labels, images.CASE_SEGMENTS)
     segmentation = _slicer_read(path)
     assert segmentation.GetNumberOfSegments() == 2
-    for expected in io.CASE_SEGMENTS:
+    for expected in images.CASE_SEGMENTS:
         segment = segmentation.GetSegment(expected.id)
         assert segment.GetName() == expected.name and segment.GetLabelValue() == expected.value
         np.testing.assert_allclose(segment.GetColor(), expected.color, atol=1e-5)
@@ -224,9 +224,9 @@ def test_reads_overlapping_layers_slicer_writes(tmp_path):
     _slicer_write(path, reference.with_array(np.zeros(reference.shape, np.float32)), {"Liver": liver, "Tumor 1": tumor})
     assert sitk.ReadImage(str(path)).GetNumberOfComponentsPerPixel() == 2  # overlapping -> two layers
     ct = reference.with_array(np.zeros(reference.shape, np.float32))
-    labels = io.read_labels(path, reference=ct)  # Slicer crops to the segments' extent: placed back here
+    labels = images.read_labels(path, reference=ct)  # Slicer crops to the segments' extent: placed back here
     np.testing.assert_array_equal(labels.array, reference.array)
-    _, segments = io.read_segmentation(path)
+    _, segments = images.read_segmentation(path)
     assert [s.name for s in segments] == ["Liver", "Tumor 1"] and [s.value for s in segments] == [1, 2]
 
 
@@ -238,13 +238,13 @@ def test_segment_names_map_to_liver_and_tumor(tmp_path):
     array[2, 3:] = 9
     grid = Volume(array, (1.0, 1.0, 2.0))
     segments = [
-        io.SegmentInfo(3, "Vessels"),
-        io.SegmentInfo(5, "liver parenchyma"),
-        io.SegmentInfo(7, "Tumour A"),
-        io.SegmentInfo(9, "Segment_9", terminology=io.TUMOR_TERMINOLOGY),  # found by terminology type
+        images.SegmentInfo(3, "Vessels"),
+        images.SegmentInfo(5, "liver parenchyma"),
+        images.SegmentInfo(7, "Tumour A"),
+        images.SegmentInfo(9, "Segment_9", terminology=images.TUMOR_TERMINOLOGY),  # found by terminology type
     ]
-    io.write_segmentation(tmp_path / "named.seg.nrrd", grid, segments)
-    labels = io.read_labels(tmp_path / "named.seg.nrrd").array
+    images.write_segmentation(tmp_path / "named.seg.nrrd", grid, segments)
+    labels = images.read_labels(tmp_path / "named.seg.nrrd").array
     np.testing.assert_array_equal(labels[:, 0, 0], [0, 1, 2, 0])
     np.testing.assert_array_equal(labels[2, 5, 0], 2)
 
@@ -259,7 +259,7 @@ def test_legacy_one_volume_per_segment_4d_form(tmp_path):
                        "Segment1_ID": "b", "Segment1_Name": "Liver lesion"}.items():
         image.SetMetaData(key, value)
     sitk.WriteImage(image, str(tmp_path / "old.seg.nrrd"))
-    labels = io.read_labels(tmp_path / "old.seg.nrrd").array
+    labels = images.read_labels(tmp_path / "old.seg.nrrd").array
     assert labels.shape == (3, 4, 5)
     np.testing.assert_array_equal(labels, liver + tumor)
 
@@ -279,7 +279,7 @@ def test_dicom_folder_with_two_series_uses_the_longest(tmp_path, totalseg_dir):
         writer.SetFileName(str(folder / f"scout{k}.dcm"))
         writer.Execute(image)
     with pytest.warns(UserWarning, match="2 DICOM series"):
-        ct = io.read_image(tmp_path / "patient")  # series found in a sub-folder
+        ct = images.read_image(tmp_path / "patient")  # series found in a sub-folder
     assert ct.shape == (20, 512, 512)
 
 
@@ -292,31 +292,31 @@ def _message(excinfo) -> str:
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="does not exist") as excinfo:
-        io.read_image(tmp_path / "nothing.nrrd")
+        images.read_image(tmp_path / "nothing.nrrd")
     _message(excinfo)
 
 
 def test_unreadable_file(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not an image at all"))
     with pytest.raises(InputError, match="cannot read") as excinfo:
-        io.read_image(tmp_path / "junk.nii.gz")
+        images.read_image(tmp_path / "junk.nii.gz")
     _message(excinfo)
 
 
 def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="no DICOM series"):
-        io.read_image(tmp_path)
+        images.read_image(tmp_path)
 
 
 def test_2d_and_4d_images_are_refused(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.int16)), str(tmp_path / "slice.nrrd"))
     with pytest.raises(InputError, match="not a 3D volume"):
-        io.read_image(tmp_path / "slice.nrrd")
+        images.read_image(tmp_path / "slice.nrrd")
     phase = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
     sitk.WriteImage(sitk.JoinSeries([phase, phase]), str(tmp_path / "phases.nii.gz"))
     with pytest.raises(InputError, match="not a 3D volume"):
-        io.read_image(tmp_path / "phases.nii.gz")
+        images.read_image(tmp_path / "phases.nii.gz")
 
 
 def test_nan_voxels_are_refused(tmp_path):
@@ -325,11 +325,11 @@ def test_nan_voxels_are_refused(tmp_path):
     array[0, 0, 0] = np.inf
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nrrd"))
     with pytest.raises(InputError, match="2 NaN or infinite voxels"):
-        io.read_image(tmp_path / "nan.nrrd")
+        images.read_image(tmp_path / "nan.nrrd")
 
 
 def test_label_maps_are_refused_for_fractions_and_range_whatever_their_type(tmp_path):
-    """Integer files skip the rounding check (it cost 0.6 s per segment) but not the range check;
+    """Integer files skip the rounding check (slow on a big array) but not the range check;
     float files holding whole numbers are label maps, ones holding fractions are not."""
     def saved(array, name):
         sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
@@ -338,7 +338,7 @@ def test_label_maps_are_refused_for_fractions_and_range_whatever_their_type(tmp_
     base = np.zeros((3, 4, 5))
     base[1, 1:3, 1:4] = 2
     for dtype in (np.uint8, np.int16, np.float32):
-        np.testing.assert_array_equal(io.read_labels(saved(base.astype(dtype), "ok.nrrd")).array, base)
+        np.testing.assert_array_equal(images.read_labels(saved(base.astype(dtype), "ok.nrrd")).array, base)
     fraction = base.astype(np.float32)
     fraction[1, 1, 1] = 1.5
     negative = base.astype(np.int16)
@@ -347,39 +347,39 @@ def test_label_maps_are_refused_for_fractions_and_range_whatever_their_type(tmp_
     wide[0, 0, 0] = 300
     for array, values in ((fraction, "0..2"), (negative, "-1..2"), (wide, "0..300")):
         with pytest.raises(InputError, match=f"not a label map \\(values {values}\\)"):
-            io.read_labels(saved(array, "bad.nrrd"))
+            images.read_labels(saved(array, "bad.nrrd"))
 
 
 def test_segmentation_given_as_ct_is_refused(tmp_path):
-    io.write_segmentation(tmp_path / "a.seg.nrrd", two_segment_labels(), io.CASE_SEGMENTS)
+    images.write_segmentation(tmp_path / "a.seg.nrrd", two_segment_labels(), images.CASE_SEGMENTS)
     shutil.copy(tmp_path / "a.seg.nrrd", tmp_path / "renamed.nrrd")
     for name in ("a.seg.nrrd", "renamed.nrrd"):
         with pytest.raises(InputError, match="segmentation, not a CT"):
-            io.read_image(tmp_path / name)
-    assert io.is_segmentation_file(tmp_path / "renamed.nrrd")
+            images.read_image(tmp_path / name)
+    assert images.is_segmentation_file(tmp_path / "renamed.nrrd")
 
 
 def test_empty_liver_mask_is_refused(tmp_path, totalseg_dir):
-    ct = io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
-    io.write_labelmap(ct.with_array(np.zeros(ct.shape, np.uint8)), tmp_path / "empty.nii.gz")
+    ct = images.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+    images.write_labelmap(ct.with_array(np.zeros(ct.shape, np.uint8)), tmp_path / "empty.nii.gz")
     with pytest.raises(InputError, match="empty"):
-        io.read_liver_mask(tmp_path / "empty.nii.gz", ct)
+        images.read_liver_mask(tmp_path / "empty.nii.gz", ct)
 
 
 def test_empty_segmentation_saved_by_slicer_is_an_empty_mask(tmp_path):
     ct = two_segment_labels()
     _slicer_write(tmp_path / "empty.seg.nrrd", ct, {"Liver": np.zeros(ct.shape, bool)})  # Slicer stores 1 voxel
     with pytest.raises(InputError, match="is empty on the CT grid"):
-        io.read_liver_mask(tmp_path / "empty.seg.nrrd", ct.with_array(np.zeros(ct.shape, np.float32)))
+        images.read_liver_mask(tmp_path / "empty.seg.nrrd", ct.with_array(np.zeros(ct.shape, np.float32)))
 
 
 def test_mask_from_another_scan_is_refused(tmp_path, totalseg_dir):
-    ct = io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+    ct = images.read_image(totalseg_dir / "example_ct_sm.nii.gz")
     stored = sitk.ReadImage(str(totalseg_dir / "example_ct_sm_liver.nii.gz"))
     stored.SetOrigin((0.0, 0.0, 0.0))  # geometry lost, as when a mask is saved from a bare array
     sitk.WriteImage(stored, str(tmp_path / "liver.nii.gz"))
     with pytest.raises(InputError, match="not on this CT's physical space") as excinfo:
-        io.read_liver_mask(tmp_path / "liver.nii.gz", ct)
+        images.read_liver_mask(tmp_path / "liver.nii.gz", ct)
     message = _message(excinfo)
     assert "122x101x30" in message and "export the mask from the same CT" in message
 
@@ -387,33 +387,33 @@ def test_mask_from_another_scan_is_refused(tmp_path, totalseg_dir):
 def test_eight_bit_image_warns(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 4, 5), 200, np.uint8)), str(tmp_path / "png_like.nrrd"))
     with pytest.warns(UserWarning, match="8-bit"):
-        io.read_image(tmp_path / "png_like.nrrd")
+        images.read_image(tmp_path / "png_like.nrrd")
 
 
 def test_real_ct_and_a_liver_crop_do_not_warn_but_raw_scanner_values_do(totalseg_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ct = io.read_image(totalseg_dir / "example_ct_sm.nii.gz")
+        ct = images.read_image(totalseg_dir / "example_ct_sm.nii.gz")
         # Cropped to soft tissue: no air, no negative values, still HU.
         crop = np.clip(ct.array, 40, 160).astype(np.int16)
         sitk.WriteImage(sitk.GetImageFromArray(crop), str(tmp_path / "liver_crop.nrrd"))
-        io.read_image(tmp_path / "liver_crop.nrrd")
+        images.read_image(tmp_path / "liver_crop.nrrd")
     raw = (np.clip(ct.array, -1024, 3000) + 1024).astype(np.uint16)
     sitk.WriteImage(sitk.GetImageFromArray(raw), str(tmp_path / "raw.nrrd"))
     with pytest.warns(UserWarning, match="raw scanner values"):
-        io.read_image(tmp_path / "raw.nrrd")
+        images.read_image(tmp_path / "raw.nrrd")
 
 
 def test_bad_output_names_and_values(tmp_path):
     labels = two_segment_labels()
     with pytest.raises(InputError, match="use one of"):
-        io.write_image(labels, tmp_path / "ct.png")
+        images.write_image(labels, tmp_path / "ct.png")
     with pytest.raises(InputError, match=".seg.nrrd"):
-        io.write_segmentation(tmp_path / "seg.nrrd", labels, io.CASE_SEGMENTS)
+        images.write_segmentation(tmp_path / "seg.nrrd", labels, images.CASE_SEGMENTS)
     with pytest.raises(InputError, match="distinct"):
-        io.write_segmentation(tmp_path / "x.seg.nrrd", labels, [io.LIVER_SEGMENT, io.TUMOR_SEGMENT])
+        images.write_segmentation(tmp_path / "x.seg.nrrd", labels, [images.LIVER_SEGMENT, images.TUMOR_SEGMENT])
     with pytest.raises(InputError, match="0..255"):
-        io.write_labelmap(labels.with_array(labels.array.astype(np.float32) + 0.5), tmp_path / "l.nrrd")
+        images.write_labelmap(labels.with_array(labels.array.astype(np.float32) + 0.5), tmp_path / "l.nrrd")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16, np.float64])
@@ -427,7 +427,7 @@ def test_raw_nrrd_is_read_voxel_for_voxel_as_simpleitk_reads_it(tmp_path, dtype)
     image.SetDirection(Rotation.from_euler("z", 30, degrees=True).as_matrix().ravel().tolist())
     path = tmp_path / "map.nrrd"
     sitk.WriteImage(image, str(path), False)
-    got = io.read_raw_nrrd(path)
+    got = images.read_raw_nrrd(path)
     assert got is not None and got.dtype == sitk.GetArrayFromImage(sitk.ReadImage(str(path))).dtype
     np.testing.assert_array_equal(got, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
 
@@ -441,4 +441,4 @@ def test_raw_nrrd_reader_declines_what_it_cannot_read_exactly(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-4])
     sitk.WriteImage(sitk.GetImageFromArray(array[0]), str(flat), False)
     sitk.WriteImage(sitk.GetImageFromArray(array), str(nifti))
-    assert [io.read_raw_nrrd(p) for p in (compressed, truncated, flat, nifti)] == [None] * 4
+    assert [images.read_raw_nrrd(p) for p in (compressed, truncated, flat, nifti)] == [None] * 4

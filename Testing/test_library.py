@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.storage import images as lio
+from LiverTumorSegLib.storage import images
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.storage.library import CaseLibrary, find_case_folders
 from LiverTumorSegLib.volume import Volume
@@ -34,10 +34,10 @@ def test_add_case_writes_the_design_layout(tmp_path):
     meta = json.loads((folder / "case.json").read_text())
     assert meta["tumor_count"] == 2 and meta["source"] == "unit test"
     assert meta["tumor_volume_ml"] == pytest.approx(2 * 75 * np.prod(SPACING) / 1000, rel=1e-3)
-    stored = lio.read_image(folder / "image.nrrd")
+    stored = images.read_image(folder / "image.nrrd")
     assert stored.same_grid(image)
     np.testing.assert_array_equal(stored.array, np.rint(image.array))
-    np.testing.assert_array_equal(lio.read_labels(folder / "label.nrrd").array, labels.array)
+    np.testing.assert_array_equal(images.read_labels(folder / "label.nrrd").array, labels.array)
     assert [c.case_id for c in library.list_cases()] == ["case-001"]
     assert find_case_folders(tmp_path / "lib") == [folder]
 
@@ -107,3 +107,49 @@ def test_a_damaged_case_json_is_listed_with_its_problem_not_hiding_the_others(tm
     assert set(cases) == {first, second}
     assert cases[first].problem == "" and cases[first].tumor_count == 2
     assert "not readable JSON" in cases[second].problem and "fix or delete" in cases[second].problem
+
+
+def test_a_damaged_model_json_is_listed_with_its_problem_not_hiding_the_others(tmp_path):
+    """model.json only describes a version: one that cannot be read leaves the version listed (and
+    usable) with the reason, as a damaged case.json does, instead of breaking the model list."""
+    from LiverTumorSegLib.storage.modelstore import read_model_json
+
+    library = CaseLibrary(tmp_path)
+    for version, text in (("v001", '{"validation": {"dice": 0.5}}'), ("v002", "{not json"), ("v003", "[1, 2]"),
+                          ("v004", None)):
+        folder = tmp_path / "models" / version
+        folder.mkdir(parents=True)
+        (folder / "model.pt").write_bytes(b"weights")
+        if text is not None:
+            (folder / "model.json").write_text(text)
+    models = {m.version: m for m in library.list_models(include_default=False)}
+    assert sorted(models) == ["v001", "v002", "v003", "v004"]
+    assert models["v001"].problem == "" and models["v001"].validation_dice == 0.5
+    assert "not readable JSON" in models["v002"].problem and "fix or delete" in models["v002"].problem
+    assert "not hold a JSON object" in models["v003"].problem and models["v003"].validation_dice is None
+    assert models["v004"].problem == ""  # no model.json at all: nothing to report
+    assert read_model_json(tmp_path / "models" / "v002") == ({}, models["v002"].problem)
+    assert read_model_json(tmp_path / "models" / "v001")[0] == {"validation": {"dice": 0.5}}
+
+
+def test_the_parent_check_warning_is_one_line_from_model_json():
+    from LiverTumorSegLib.storage.modelstore import parent_check_warning
+
+    check = {"parent": "v001", "parent_validation_dice": 0.62, "child_on_parent_validation_dice": 0.55,
+             "worse_on": ["check set", "your validation"], "worse_than_parent": True}
+    assert parent_check_warning({"parent_check": check}) == \
+        "worse than v001 on check set and your validation: Dice 0.550 against 0.620"
+    assert parent_check_warning({"parent_check": {**check, "worse_than_parent": False}}) == ""
+    assert parent_check_warning({"parent_check": {**check, "worse_than_parent": 1}}) == ""  # malformed
+    assert parent_check_warning({}) == "" and parent_check_warning([]) == ""
+    assert parent_check_warning({"parent_check": {"worse_than_parent": True, "parent_validation_dice": float("nan")}}) == \
+        "worse than its parent on its parent's validation cases"
+
+
+def test_default_library_path_is_beside_the_settings_file_else_in_home(tmp_path):
+    from pathlib import Path
+
+    from LiverTumorSegLib.storage.library import default_library_path
+
+    assert default_library_path(tmp_path / "Slicer.ini") == tmp_path / "LiverTumorSeg" / "library"
+    assert default_library_path() == Path.home() / ".livertumorseg" / "library"

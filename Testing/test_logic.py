@@ -20,13 +20,12 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.storage import images  # noqa: E402
 from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import Cancelled, InputError  # noqa: E402
-from LiverTumorSegLib.slicer.logic import (  # noqa: E402
-    SegmentThreadJob,
-    SEGMENT_STAGE_SPAN, BackgroundJob, LiverTumorSegLogic, describeProgress, stageText,
-)
+from LiverTumorSegLib.slicer.jobs import BackgroundJob, SegmentThreadJob  # noqa: E402
+from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic  # noqa: E402
+from LiverTumorSegLib.slicer.rules import SEGMENT_STAGE_SPAN, describeProgress, stageText  # noqa: E402
 from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom  # noqa: E402
 from conftest import count_nodes  # noqa: E402
 
@@ -65,7 +64,7 @@ def ct(scene, phantom):
 def liver(scene, ct, phantom):
     """(segmentation node, segment id) of the phantom's liver, as a user's liver segmentation."""
     node = mrml.new_segmentation_node(scene, ct, "Liver")
-    return node, mrml.write_segment(node, phantom.labels.array > 0, ct, name="Liver", color=lio.LIVER_SEGMENT.color)
+    return node, mrml.write_segment(node, phantom.labels.array > 0, ct, name="Liver", color=images.LIVER_SEGMENT.color)
 
 
 @pytest.fixture
@@ -105,8 +104,8 @@ def test_segment_writes_new_segmentation_table_and_probability(logic, scene, ct,
     tumor_id = logic.tumorSegmentId(segmentation)
     segment = segmentation.GetSegmentation().GetSegment(tumor_id)
     assert segment.GetName() == "Liver tumor"
-    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
-    np.testing.assert_allclose(segment.GetColor(), lio.TUMOR_SEGMENT.color, atol=1e-6)
+    assert mrml.terminology(segment) == images.TUMOR_SEGMENT.terminology
+    np.testing.assert_allclose(segment.GetColor(), images.TUMOR_SEGMENT.color, atol=1e-6)
     assert segmentation.GetDisplayNode().GetVisibility3D()
 
     # Same mask and lesions as the engine run directly on the same arrays.
@@ -287,8 +286,8 @@ def test_add_case_writes_the_case_folder(logic, ct, liver, phantom, tiny_model):
 
     folder = logic.libraryPath / "cases" / case_id
     assert {p.name for p in folder.iterdir()} == {"image.nrrd", "label.nrrd", "case.json"}
-    image = lio.read_image(folder / "image.nrrd")
-    labels = lio.read_labels(folder / "label.nrrd", reference=image)
+    image = images.read_image(folder / "image.nrrd")
+    labels = images.read_labels(folder / "label.nrrd", reference=image)
     np.testing.assert_array_equal(image.array, phantom.image.array)
     assert image.same_grid(phantom.image)
     np.testing.assert_array_equal(labels.array, phantom.labels.array)  # liver 1, corrected tumors 2
@@ -740,26 +739,6 @@ def test_training_needs_cases(logic):
         logic.train(minutes=1.0)
 
 
-def test_describe_progress():
-    assert describeProgress({"stage": "prepare", "step": 1, "total": 2})[0] == 2
-    percent, text = describeProgress({"stage": "train", "step": 50, "total": 100, "elapsed_s": 75, "eta_s": 61, "loss": 0.5})
-    assert percent == 50 and "step 50/100" in text and "1:15 elapsed" in text and "about 1:01 left" in text
-    assert describeProgress({"stage": "done", "validation": {"dice": 0.71}}) == (100, "Done: validation Dice 0.710")
-    # A fine-tuning run's stages, in the order train_model reports them, never move the bar back.
-    stages = ["prepare", "synthesize", "rehearsal", "train", "validate", "parent check"]
-    ends = [describeProgress({"stage": s, "step": 1, "total": 1})[0] for s in stages]
-    starts = [describeProgress({"stage": s, "step": 0, "total": 1})[0] for s in stages]
-    assert all(a <= b for a, b in zip(ends, starts[1:])) and ends[-1] == 100
-    # Segment's stages share one bar: prepare, then the network's tiles, then postprocessing.
-    assert describeProgress({"stage": "prepare", "step": 0, "total": 1}, SEGMENT_STAGE_SPAN)[0] == 0
-    percent, text = describeProgress({"stage": "network", "step": 2, "total": 4, "elapsed_s": 3.2}, SEGMENT_STAGE_SPAN)
-    assert 0 < percent < describeProgress({"stage": "postprocess", "step": 0, "total": 1}, SEGMENT_STAGE_SPAN)[0] < 100
-    assert text == "Network step 2/4, 0:03 elapsed"
-    assert describeProgress({"stage": "done", "step": 1, "total": 1}, SEGMENT_STAGE_SPAN) == (100, "Done")
-    assert stageText({"stage": "postprocess", "step": 0, "total": 1}) == "Postprocess step 0/1"
-    assert stageText({"stage": "prepare"}) == "Prepare" and stageText({}) == "Working"
-
-
 def test_the_model_list_needs_no_engine_imports_and_preloading_brings_them(tmp_path):
     """A front end's start (the Logic, its model list) imports neither scipy nor torch, which
     cost seconds; preloadEngine() then imports what the first Segment's result needs, in the
@@ -775,7 +754,7 @@ def test_the_model_list_needs_no_engine_imports_and_preloading_brings_them(tmp_p
         "preloadEngine().join(120)\n"
         "print(json.dumps([labels, before, 'scipy.ndimage' in sys.modules, 'LiverTumorSegLib.core.inference' in sys.modules]))\n"
     )
-    package_parent = os.path.dirname(os.path.dirname(lio.__file__))
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(images.__file__)))  # storage/ -> the package's parent
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=package_parent,
                          env={**os.environ, "PYTHONPATH": package_parent})
     assert run.returncode == 0, run.stderr

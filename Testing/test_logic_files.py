@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.storage import images  # noqa: E402
 from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import InputError  # noqa: E402
 from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic  # noqa: E402
@@ -40,11 +40,11 @@ def test_load_ct_and_liver_on_its_grid(logic, totalseg_dir):
     ct = logic.loadVolume(totalseg_dir / "example_ct_sm.nii.gz")
     assert ct.GetName() == "example_ct_sm"
     image = mrml.volume_from_node(ct)
-    reference = lio.read_image(totalseg_dir / "example_ct_sm.nii.gz", keep_integer=True)
+    reference = images.read_image(totalseg_dir / "example_ct_sm.nii.gz", keep_integer=True)
     assert image.shape == reference.shape and np.array_equal(image.array, reference.array)
     node, segmentId = logic.loadLiverSegmentation(totalseg_dir / "example_ct_sm_liver.nii.gz", ct)
     liver = mrml.segment_to_mask(node, segmentId, ct)
-    expected = lio.read_liver_mask(totalseg_dir / "example_ct_sm_liver.nii.gz", reference)
+    expected = images.read_liver_mask(totalseg_dir / "example_ct_sm_liver.nii.gz", reference)
     assert np.array_equal(liver, expected) and liver.any()
     assert node.GetSegmentation().GetSegment(segmentId).GetName() == "Liver"
 
@@ -75,9 +75,9 @@ def test_export_writes_the_corrected_segment(logic, totalseg_dir, tmp_path):
     mask[z, y, x] = True  # a correction: one voxel painted
     mrml.write_segment(segmentation, mask, ct, segment_id=tumorId)
     paths = logic.exportResult(segmentation, tmp_path / "out", "case")
-    labelmap = lio.read_labels(paths["labelmap"], mrml.volume_from_node(ct)).array
+    labelmap = images.read_labels(paths["labelmap"], mrml.volume_from_node(ct)).array
     assert np.array_equal(labelmap > 0, mask)
-    volume, segments = lio.read_segmentation(paths["segmentation"])
+    volume, segments = images.read_segmentation(paths["segmentation"])
     assert [s.name for s in segments] == ["Liver tumor"] and np.array_equal(volume.array > 0, mask)
     with open(paths["lesions"], newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))

@@ -138,10 +138,10 @@ def test_icons_are_128_pixel_pngs(path):
 
 
 def test_logic_and_bridge_import_without_qt_slicer_or_torch():
-    """logic.py and mrml.py run under bare slicer-core; importing them loads no GUI, slicer or torch."""
+    """The Slicer side (logic, mrml, jobs, rules) runs under bare slicer-core; importing it loads no GUI, slicer or torch."""
     code = (
         "import sys\n"
-        "import LiverTumorSegLib.slicer.logic, LiverTumorSegLib.slicer.mrml\n"
+        "import LiverTumorSegLib.slicer.logic, LiverTumorSegLib.slicer.mrml, LiverTumorSegLib.slicer.rules\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PythonQt', 'slicer', 'torch', 'vtk'))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LiverTumorSegLib.storage import images as lio  # noqa: E402
+from LiverTumorSegLib.storage import images  # noqa: E402
 from LiverTumorSegLib.slicer import mrml  # noqa: E402
 from LiverTumorSegLib.errors import InputError  # noqa: E402
 from LiverTumorSegLib.volume import Volume  # noqa: E402
@@ -69,14 +69,14 @@ def test_volume_written_by_slicer_storage_reads_back_in_the_same_place(scene, ob
 
 
 def test_volume_read_by_slicer_storage_matches_the_engine_reader(scene, oblique_ct, tmp_path):
-    lio.write_image(oblique_ct, tmp_path / "ct.nrrd")
+    images.write_image(oblique_ct, tmp_path / "ct.nrrd")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(tmp_path / "ct.nrrd"))
     assert storage.ReadData(node)
     from_node = mrml.volume_from_node(node)
     np.testing.assert_array_equal(from_node.array, oblique_ct.array)
-    assert_same_geometry(from_node, lio.read_image(tmp_path / "ct.nrrd"))
+    assert_same_geometry(from_node, images.read_image(tmp_path / "ct.nrrd"))
 
 
 def test_parent_linear_transform_is_applied_to_world_geometry(scene, oblique_ct):
@@ -102,12 +102,12 @@ def test_segment_written_then_exported_on_the_ct_grid(scene, oblique_ct):
     ct = mrml.add_volume_node(scene, oblique_ct, "CT")
     seg = mrml.new_segmentation_node(scene, ct, "tumors")
     mask = blob_mask(oblique_ct.shape, (3, 5, 6), 3)
-    sid = mrml.write_segment(seg, mask, ct, name=lio.TUMOR_SEGMENT.name, color=lio.TUMOR_SEGMENT.color,
-                             terminology=lio.TUMOR_SEGMENT.terminology)
+    sid = mrml.write_segment(seg, mask, ct, name=images.TUMOR_SEGMENT.name, color=images.TUMOR_SEGMENT.color,
+                             terminology=images.TUMOR_SEGMENT.terminology)
     segment = seg.GetSegmentation().GetSegment(sid)
     assert segment.GetName() == "Liver tumor"
-    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
-    np.testing.assert_allclose(segment.GetColor(), lio.TUMOR_SEGMENT.color, atol=1e-6)
+    assert mrml.terminology(segment) == images.TUMOR_SEGMENT.terminology
+    np.testing.assert_allclose(segment.GetColor(), images.TUMOR_SEGMENT.color, atol=1e-6)
     np.testing.assert_array_equal(mrml.segment_to_mask(seg, sid, ct), mask)
     # The temporary export node is gone again.
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
@@ -118,13 +118,13 @@ def test_terminology_is_written_through_the_segment_tag(scene, oblique_ct):
     ct = mrml.add_volume_node(scene, oblique_ct, "CT")
     seg = mrml.new_segmentation_node(scene, ct, "s")
     sid = mrml.write_segment(seg, blob_mask(oblique_ct.shape, (3, 5, 6), 2), ct, name="Liver",
-                             terminology=lio.LIVER_SEGMENT.terminology)
+                             terminology=images.LIVER_SEGMENT.terminology)
     segment = seg.GetSegmentation().GetSegment(sid)
     value = vtk_reference()
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
-    assert str(value) == lio.LIVER_SEGMENT.terminology
+    assert str(value) == images.LIVER_SEGMENT.terminology
     if hasattr(segment, "GetTerminology"):  # 5.10+: the convenience getter reads the same tag
-        assert segment.GetTerminology() == lio.LIVER_SEGMENT.terminology
+        assert segment.GetTerminology() == images.LIVER_SEGMENT.terminology
 
 
 def vtk_reference():
@@ -217,10 +217,10 @@ def test_seg_nrrd_written_by_storage_node_reads_back(scene, oblique_ct, tmp_path
     seg = mrml.new_segmentation_node(scene, ct, "tumors")
     mask = blob_mask(oblique_ct.shape, (3, 5, 6), 3)
     mask2 = blob_mask(oblique_ct.shape, (5, 2, 2), 1)
-    sid = mrml.write_segment(seg, mask, ct, name="Liver tumor", color=lio.TUMOR_SEGMENT.color,
-                             terminology=lio.TUMOR_SEGMENT.terminology)
-    sid2 = mrml.write_segment(seg, mask2, ct, name="Liver", color=lio.LIVER_SEGMENT.color,
-                              terminology=lio.LIVER_SEGMENT.terminology)
+    sid = mrml.write_segment(seg, mask, ct, name="Liver tumor", color=images.TUMOR_SEGMENT.color,
+                             terminology=images.TUMOR_SEGMENT.terminology)
+    sid2 = mrml.write_segment(seg, mask2, ct, name="Liver", color=images.LIVER_SEGMENT.color,
+                              terminology=images.LIVER_SEGMENT.terminology)
     path = tmp_path / "tumors.seg.nrrd"
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
@@ -232,15 +232,15 @@ def test_seg_nrrd_written_by_storage_node_reads_back(scene, oblique_ct, tmp_path
     assert reader.ReadData(loaded)
     segment = loaded.GetSegmentation().GetSegment(sid)
     assert segment.GetName() == "Liver tumor"
-    assert mrml.terminology(segment) == lio.TUMOR_SEGMENT.terminology
+    assert mrml.terminology(segment) == images.TUMOR_SEGMENT.terminology
     assert mrml.segment_tag(segment, mrml.CHECKSUM_TAG) == mrml.mask_checksum(mask)  # edit detection survives saving
     np.testing.assert_array_equal(mrml.segment_to_mask(loaded, sid, ct), mask)
     np.testing.assert_array_equal(mrml.segment_to_mask(loaded, sid2, ct), mask2)
     assert not mrml.segment_was_edited(loaded, sid, ct)
 
     # The engine's reader maps the same file by segment name onto the CT grid.
-    labels, infos = lio.read_segmentation(path)
-    on_ct = lio.read_labels(path, reference=oblique_ct)
+    labels, infos = images.read_segmentation(path)
+    on_ct = images.read_labels(path, reference=oblique_ct)
     np.testing.assert_array_equal(on_ct.array == 2, mask)
     assert {info.name for info in infos} == {"Liver tumor", "Liver"}
     assert labels.array.any()

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorSegLib.training.patches import CaseSampler, PatchSettings, crop_padded, draw_batch, lesion_weights, polarity_plan
+from LiverTumorSegLib.training.patches import CaseSampler, PatchSettings, crop_padded, draw_batch, polarity_plan
 
 
 def toy_case():
@@ -75,30 +75,6 @@ def test_unaugmented_patch_is_the_crop_and_batches_are_reproducible():
     x, target, weight = a
     assert x.shape == (3, 2, 16, 16, 16) and target.shape == weight.shape == (3, 1, 16, 16, 16)
     assert set(np.unique(weight)) <= {0.0, 1.0} and 0 <= target.min() and target.max() <= 1
-
-
-def test_lesion_weights_follow_tumor_size_and_reach_the_patch_weights():
-    features, tumor, liver, big, small = toy_case()
-    assert lesion_weights(tumor, 2.0, 0.0) is None
-    weights = lesion_weights(tumor, 2.0, 1.0)
-    # At 2 mm the big ball (radius 7 voxels) is ~29 mm across: weight 1; the small one (33 voxels,
-    # 264 mm^3, 7.96 mm) weighs (20 / 7.96)^3 = 15.9; outside the tumors 1.
-    diameter = np.cbrt(6 * small.sum() * 8.0 / np.pi)
-    assert np.allclose(weights[small], (20.0 / diameter) ** 3, rtol=1e-4)
-    assert np.all(weights[big] == 1.0) and np.all(weights[~tumor] == 1.0)
-    half = lesion_weights(tumor, 2.0, 0.5)
-    assert np.allclose(half[small], (20.0 / diameter) ** 1.5, rtol=1e-4)
-    tiny = np.zeros((9, 9, 9), bool)
-    tiny[4, 4, 4] = True  # 8 mm^3, 2.5 mm: clipped at the 5 mm weight, (20 / 5)^3 = 64
-    assert lesion_weights(tiny, 2.0, 1.0)[4, 4, 4] == 64.0
-
-    sampler = CaseSampler(features, tumor, liver, [20.0, None], tumor_weight=weights)
-    plain = PatchSettings(size=16, flip=False, rotate90=False, scale_range=(1.0, 1.0), intensity_scale=0.0,
-                          intensity_shift_hu=0.0)
-    _, target, weight = sampler.patch((20, 28, 28), plain, np.random.default_rng(0))
-    crop = (slice(12, 28), slice(20, 36), slice(20, 36))
-    np.testing.assert_allclose(weight[0], np.where(small[crop], weights[crop], liver[crop]), rtol=1e-6)
-    assert target[0][weight[0] > 1].all()
 
 
 def test_augmentation_keeps_image_and_target_aligned():

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorSegLib.storage import images as lio
+from LiverTumorSegLib.storage import images
 from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.core.lesions import label_lesions
@@ -110,7 +110,7 @@ def test_tumor_count_option():
 
 
 def _threshold_dice(settings: PhantomSettings, train_seeds, test_seeds) -> list[float]:
-    """The METHOD.md classical floor: smoothing, one HU threshold fitted on training phantoms, speck removal."""
+    """The classical floor (evaluation/floors.py): smoothing, one HU threshold fitted on training phantoms, speck removal."""
     def load(seed):
         case = make_phantom(seed, settings)
         return case.image, case.labels.array > 0, case.labels.array == 2
@@ -157,8 +157,8 @@ def test_write_phantom_cases_writes_readable_case_folders(tmp_path):
     meta = json.loads((folders[0] / "case.json").read_text())
     assert meta["seed"] == seed and meta["tumor_count"] == len(expected.tumors) == len(meta["tumors"])
     assert sitk.ReadImage(str(folders[0] / "image.nrrd")).GetPixelID() == sitk.sitkInt16
-    image = lio.read_image(folders[0] / "image.nrrd")
-    labels = lio.read_labels(folders[0] / "label.nrrd", reference=image)
+    image = images.read_image(folders[0] / "image.nrrd")
+    labels = images.read_labels(folders[0] / "label.nrrd", reference=image)
     assert np.array_equal(image.array, expected.image.array)
     assert np.array_equal(labels.array, expected.labels.array)
     assert np.allclose(image.spacing, expected.image.spacing)

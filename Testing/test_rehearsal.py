@@ -9,7 +9,8 @@ from scipy import ndimage
 from LiverTumorSegLib.cli import main as cli_main
 from LiverTumorSegLib.storage.modelstore import load_model
 from LiverTumorSegLib.training.rehearsal import check_cases, rehearsal_cases
-from LiverTumorSegLib.training.train import PARENT_TOLERANCE, TrainSettings
+from LiverTumorSegLib.training.parent_check import PARENT_TOLERANCE
+from LiverTumorSegLib.training.settings import TrainSettings
 
 
 def test_rehearsal_and_check_sets_are_deterministic_disjoint_and_inside_the_liver():

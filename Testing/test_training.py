@@ -195,6 +195,32 @@ def test_broken_or_foreign_model_files_are_model_errors(trained, tmp_path):
         load_model(mismatched)
 
 
+def test_model_folders_with_retired_options_load_at_their_only_value(tmp_path):
+    """A model written when liver_reference, hessian_outside, fine_hessian_mm and the training
+    options loss, threshold_objective, lesion_weight_gamma and fine_tune_freeze_bn still existed
+    (removed on purpose: measured, kept off) loads when they hold the value that is now the only
+    behaviour, and segments as before; a feature option at another value cannot be reproduced
+    and is refused, naming it."""
+    shipped = default_model_path()
+    payload = torch.load(shipped / "model.pt", weights_only=True)
+    meta = json.loads((shipped / "model.json").read_text())
+    meta["settings"].update(loss="batch_dice", threshold_objective="dice", lesion_weight_gamma=0.0, fine_tune_freeze_bn=False)
+    retired = {"liver_reference": "median", "hessian_outside": "image", "fine_hessian_mm": None, "fine_hessian_scales_mm": [1.5, 2.5]}
+    for name, features in (("old", retired), ("mode", {**retired, "liver_reference": "mode"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        torch.save({**payload, "feature_settings": {**payload["feature_settings"], **features}}, folder / "model.pt")
+        (folder / "model.json").write_text(json.dumps(meta))
+    old, default = load_model(tmp_path / "old"), load_model(shipped)
+    assert old.feature_settings == default.feature_settings and old.threshold == default.threshold
+    assert old.meta["settings"]["loss"] == "batch_dice"  # model.json is read as it is
+    case = make_phantom(5, PhantomSettings.small())
+    np.testing.assert_array_equal(segment(case.image, case.labels.array > 0, old).probability.array,
+                                  segment(case.image, case.labels.array > 0, default).probability.array)
+    with pytest.raises(ModelError, match="liver_reference='mode'.*retrain the model with this version"):
+        load_model(tmp_path / "mode")
+
+
 def test_default_model_path_points_into_resources():
     path = default_model_path()
     assert path.name == "default" and path.parent.name == "Models" and path.parent.parent.name == "Resources"

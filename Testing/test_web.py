@@ -66,14 +66,15 @@ def cli_error(path: Path) -> str:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, data_dir):
     """A real CT (TotalSegmentator's small abdomen) with three synthetic tumors, and its liver."""
-    from LiverTumorSegLib.storage import images as lio
-    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
+    from LiverTumorSegLib.storage import images
+    from LiverTumorSegLib.data.synthesis import synthesize_tumors
+    from LiverTumorSegLib.evaluation.test_sets import load_reference_cases
 
     folder = tmp_path_factory.mktemp("webcase")
     name, image, liver = load_reference_cases(data_dir)[0]
     ct, labels, _ = synthesize_tumors(image, liver, 7, n_tumors=(3, 3), radius_mm=(7.0, 16.0))
-    lio.write_image(ct, folder / "ct.nii.gz")
-    lio.write_labelmap(labels.with_array((labels.array > 0).astype(np.uint8)), folder / "liver.nii.gz")
+    images.write_image(ct, folder / "ct.nii.gz")
+    images.write_labelmap(labels.with_array((labels.array > 0).astype(np.uint8)), folder / "liver.nii.gz")
     return folder
 
 
@@ -184,7 +185,7 @@ def test_bad_upload_shows_the_command_line_message_and_the_server_keeps_running(
 
 
 def test_the_whole_loop_in_the_browser(page, server, case, tmp_path):
-    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.storage import images
 
     upload(page, "ct", case / "ct.nii.gz")
     wait_message(page, "Loaded CT 'ct'", 60)
@@ -254,7 +255,7 @@ def test_the_whole_loop_in_the_browser(page, server, case, tmp_path):
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.name == "ct-tumor.seg.nrrd"
-    volume, segments = lio.read_segmentation(saved)
+    volume, segments = images.read_segmentation(saved)
     assert [s.name for s in segments] == ["Liver tumor"] and volume.array.any()
     page.screenshot(path=str(tmp_path / "page-end.png"))
     assert server["process"].poll() is None

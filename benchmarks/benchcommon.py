@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark scripts: machine description, threads, atomic JSON, plots.
 
-Imported by `small_data.py` and `speed.py` (run as scripts, so this folder is on sys.path).
+Imported by the benchmark scripts (run as scripts, so this folder is on sys.path).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ def results_dir(preset: str) -> Path:
 
 def set_threads(threads: int | None) -> int:
     """Torch intra-op threads (None keeps torch's default, one per core). On a machine shared
-    with other jobs, one thread is much faster than oversubscribed two (measured 1.25 s vs 10.9 s
-    per MHP-Net training step while another 2-thread job ran)."""
+    with other jobs, one thread is much faster than two oversubscribed ones."""
     import torch
 
     if threads:

@@ -13,7 +13,7 @@ Resumable: each finished (variant, seed) is cached under benchmarks/work/method_
 by the preset, the steps and a hash of the engine's source. Writes <out>/method_changes.json.
 
     python benchmarks/method_changes.py                       # round 1, every variant, seed 0 (2-5 min each on 2 cores)
-    python benchmarks/method_changes.py --chain round2 --seeds 0 1   # round 2 -> method_changes_round2.json
+    python benchmarks/method_changes.py --chain grid --seeds 0 1     # -> method_changes_grid.json
     python benchmarks/method_changes.py --chain retrain --steps 600  # default model, then Retrain on K = 7
     python benchmarks/method_changes.py --tiny --out /tmp/x   # seconds, for the test suite
 """
@@ -33,35 +33,17 @@ import small_data as sd
 # (name, what the step adds, FeatureSettings changes, PatchSettings changes, TrainSettings changes);
 # each entry's changes are added to everything above it in its chain.
 BASE = ("base", "the engine as of issue 8's start (commit 7c569e2): one synthetic copy per case, 2 mm grid", {}, {}, {})
+# Chains whose changes used options removed since (liver_reference "mode", loss "patch_dice",
+# threshold_objective "lesion", fine_hessian_mm, hessian_outside, lesion_weight_gamma,
+# fine_tune_freeze_bn) left with them; their results stay in benchmarks/results and RESULTS.md.
 CHAINS = {
-    # Round 1: the issue's hypotheses in the order they were listed.
+    # Round 1: the issue's hypotheses that are still settings, in the order they were listed.
     "round1": [
         BASE,
-        ("liver_mode", "liver level = histogram mode, not median (survives heavy tumor burden)",
-         {"liver_reference": "mode"}, {}, {}),
         ("small_synthetic", "synthetic copies skewed to small tumors: 2-4 Hu-recipe tumors of 5-15 mm, 40-120 HU",
          {}, {}, {"synthetic_tumors": (2, 4), "synthetic_radius_mm": (2.5, 7.5), "synthetic_delta_hu": (40.0, 120.0)}),
-        ("patch_dice", "soft Dice per patch (each tumor-centred patch counts once), not over the batch",
-         {}, {}, {"loss": "patch_dice"}),
-        ("lesion_threshold", "threshold chosen by mean of Dice and lesion F1 (smoothed), not voxel Dice",
-         {}, {}, {"threshold_objective": "lesion"}),
         ("fine_grid", "1.5 mm working grid, 40^3 patches (same mm of context)",
          {"spacing_mm": 1.5}, {}, {"patch_size": 40}),
-    ],
-    # Round 2: round 1 found no single change that lets the net see 5-10 mm tumors, and the mode
-    # reference hurt; the design change first (fine blob channels), then round 1's helpers on it.
-    "round2": [
-        BASE,
-        ("fine_hessian", "blob channels at 1.5 / 2.5 mm computed on a 1.25 mm grid, max-pooled onto the 2 mm grid",
-         {"fine_hessian_mm": 1.25}, {}, {}),
-        ("sharp_small_synthetic", "synthetic copies skewed to small tumors: 2-4 Hu-recipe tumors of 5-15 mm, 40-120 HU, "
-         "edges blurred 0.5-1 mm (round 1's 1-2 mm left a 6 mm tumor a third of its contrast)",
-         {}, {}, {"synthetic_tumors": (2, 4), "synthetic_radius_mm": (2.5, 7.5), "synthetic_delta_hu": (40.0, 120.0),
-                  "synthetic_edge_mm": (0.5, 1.0)}),
-        ("patch_dice", "soft Dice per patch (each tumor-centred patch counts once), not over the batch",
-         {}, {}, {"loss": "patch_dice"}),
-        ("lesion_threshold", "threshold chosen by mean of Dice and lesion F1 (smoothed), not voxel Dice",
-         {}, {}, {"threshold_objective": "lesion"}),
     ],
     # The one lever that moved 5-10 mm recall in round 1, alone on the base, on two seeds.
     "grid": [
@@ -69,42 +51,21 @@ CHAINS = {
         ("fine_grid_only", "1.5 mm working grid, 40^3 patches (same mm of context), nothing else changed",
          {"spacing_mm": 1.5}, {}, {"patch_size": 40}),
     ],
-    # The shipped default model does not even fit the 6-8 mm tumors it was trained on (probability
-    # 0.00-0.06 inside them): voxel losses let big tumors drown small ones. Weight each tumor's
-    # voxels by its size (patches.lesion_weights), half way and then all the way to equal weight.
-    "lesion_weight": [
-        BASE,
-        ("lesion_weight_half", "tumor voxels weighted (20 mm / d)^1.5 in the loss (gamma 0.5)", {}, {}, {"lesion_weight_gamma": 0.5}),
-        ("lesion_weight_full", "tumor voxels weighted (20 mm / d)^3 in the loss (gamma 1: every tumor under 20 mm weighs as much as a 20 mm one)",
-         {}, {}, {"lesion_weight_gamma": 1.0}),
-    ],
-    # The blob channels of most small tumors are ~0 (RESULTS.md "Why the network misses them"):
-    # near the liver's edge the fat beyond (clipped to -6 liver units) swallows a small dark ball.
-    # The blob filters see the liver level outside the mask instead.
-    "hessian_inside": [
-        BASE,
-        ("hessian_liver_level", "blob channels computed with the liver level outside the liver mask (no liver edge, "
-         "no fat beyond it)", {"hessian_outside": "liver_level"}, {}, {}),
-    ],
     # What a radiologist gets: the shipped default model as it is, then Retrain (fine-tuning it
     # with the engine's defaults: rehearsal phantoms replayed, parent and child scored).
     "retrain": [
         ("default_model", "the shipped default model, no training", {}, {}, {}),
         ("retrain_default", "Retrain: the default model fine-tuned on the K-tumor set with the engine's defaults",
          {}, {}, {}),
-        ("retrain_frozen_bn", "the same Retrain keeping the parent's batch-norm statistics", {}, {}, {"fine_tune_freeze_bn": True}),
         ("retrain_small_synthetic", "the same Retrain with two synthetic copies per case, each with 3-6 sharp-edged "
          "Hu-recipe tumors of 5-15 mm, 40-120 HU (the default model finds none of the 17 clearly visible 5-10 mm tumors)",
-         {}, {}, {}),
-        ("retrain_lesion_weight", "the same Retrain (no extra synthetic tumors) with tumor voxels weighted by size, gamma 1",
          {}, {}, {}),
     ],
 }
 NO_TRAINING = "default_model"
 SMALL_SYNTHETIC = {"synthetic_copies": 2, "synthetic_tumors": (3, 6), "synthetic_radius_mm": (2.5, 7.5),
                    "synthetic_delta_hu": (40.0, 120.0), "synthetic_edge_mm": (0.5, 1.0)}
-FINE_TUNES = {"retrain_default": {}, "retrain_frozen_bn": {"fine_tune_freeze_bn": True}, "retrain_small_synthetic": SMALL_SYNTHETIC,
-              "retrain_lesion_weight": {"lesion_weight_gamma": 1.0}}
+FINE_TUNES = {"retrain_default": {}, "retrain_small_synthetic": SMALL_SYNTHETIC}
 PRESETS = {
     "full": dict(phantom="medium", k=7, seeds=[0], steps=500, test_cases=10, test_min_tumors=30, patch_size=None,
                  ref_variants=2, small_phantoms=8, small_ref_variants=3),
@@ -141,10 +102,10 @@ def variant_settings(chain: list, name: str, seed: int, config: dict):
         if entry == name:
             break
     # "base" pins the pre-issue defaults, so later changes of the defaults do not move it.
-    base_features = {"liver_reference": "median", "spacing_mm": 2.0, "fine_hessian_mm": None, "hessian_outside": "image"}
+    base_features = {"spacing_mm": 2.0}
     base_train = {"synthetic_copies": 1, "synthetic_tumors": (1, 2), "synthetic_radius_mm": (3.0, 20.0),
-                  "synthetic_delta_hu": (65.0, 145.0), "synthetic_edge_mm": (1.0, 2.0), "loss": "batch_dice",
-                  "threshold_objective": "dice", "patch_size": 32, "rehearsal_cases": 4, "check_cases": 3}
+                  "synthetic_delta_hu": (65.0, 145.0), "synthetic_edge_mm": (1.0, 2.0),
+                  "patch_size": 32, "rehearsal_cases": 4, "check_cases": 3}
     if config["patch_size"]:
         base_train["patch_size"] = config["patch_size"]
         train.pop("patch_size", None)

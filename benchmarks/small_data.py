@@ -1,4 +1,4 @@
-"""Small-data benchmark (METHOD.md "Small-data protocol"): Dice vs number of training tumors.
+"""Small-data benchmark: Dice vs number of training tumors.
 
 Training sets hold exactly K tumors (K = 7, 14, 28; a tumor is a 26-connected component of label
 2), built from phantoms generated with a chosen tumor count, so no unlabelled tumor is ever shown
@@ -14,11 +14,12 @@ mhpnet_synthetic:
     unet3d              plain 3D U-Net on the CT channel
     mhpnet_synthetic    MHP-Net plus one synthetic variant of each training case (synthesis.synthetic_copy:
                         its own tumors pasted elsewhere, Hu-recipe tumors added): the product's default
-    threshold           the classical floor (baseline.fit_threshold_baseline), fitted on the same cases
+    threshold           the classical floor (floors.fit_threshold_baseline), fitted on the same cases
     threshold_relative  the same floor on HU relative to each case's liver median ("darker than this
                         liver"): a stronger floor where liver enhancement differs between cases
 
-Three fixed held-out test sets, never trained on and never used to choose anything: phantoms
+Three fixed held-out test sets (LiverTumorSegLib/evaluation/test_sets.py, shared with the model
+build), never trained on and never used to choose anything: phantoms
 (>= 20 cases, >= 60 tumors), tumors synthesised (Hu et al. 2023 recipe) into the real
 TotalSegmentator reference CTs in Testing/Data, and the small-tumor set (`small_tumor_test_set`:
 mostly 5-15 mm tumors, 20-60 HU from the liver, some hyperdense, several per liver, 1-5 mm slices).
@@ -45,6 +46,9 @@ from pathlib import Path
 import numpy as np
 
 import benchcommon as bc
+# held_out_test_sets and small_tumor_test_set: also read through this module by the benchmarks built on it
+from LiverTumorSegLib.evaluation.test_sets import (FULL_TEST_SETS, count_tumors, held_out_test_sets, phantom_settings,
+                                                    small_tumor_test_set)
 
 MODELS = ("mhpnet", "mhpnet_no_hessian", "mhpnet_single_scale", "unet3d", "mhpnet_synthetic")
 # The protocol's four networks, all trained on the given cases only; mhpnet_synthetic is the
@@ -58,9 +62,8 @@ METRICS = ("dice_mean", "dice_global", "lesion_f1_mean", "lesion_recall_pooled",
 
 PRESETS = {
     # The full protocol: 5 networks x 3 K x 3 seeds = 45 trainings of 5 min, plus evaluation.
-    "full": dict(phantom="medium", ks=[7, 14, 28], seeds=[0, 1, 2], models=list(MODELS), minutes=5.0,
-                 max_steps=1_000_000, patch_size=None, batch_size=None, test_cases=24, test_min_tumors=72,
-                 test_tumors=[3, 4], ref_variants=3, ref_tumors=[2, 4], ref_names=None, small_phantoms=8, small_ref_variants=3),
+    "full": dict(ks=[7, 14, 28], seeds=[0, 1, 2], models=list(MODELS), minutes=5.0, max_steps=1_000_000, patch_size=None,
+                 batch_size=None, **FULL_TEST_SETS),
     "quick": dict(phantom="small", ks=[7], seeds=[0], models=list(PROTOCOL_MODELS), minutes=0.5, max_steps=12,
                   patch_size=32, batch_size=None, test_cases=4, test_min_tumors=8, test_tumors=[2, 3],
                   ref_variants=1, ref_tumors=[2, 3], ref_names=None, small_phantoms=1, small_ref_variants=1),
@@ -127,25 +130,14 @@ def engine_hash() -> str:
     import LiverTumorSegLib
 
     h = hashlib.sha1()
-    for path in sorted(Path(LiverTumorSegLib.__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
+    root = Path(LiverTumorSegLib.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
 
 # ---- data -------------------------------------------------------------------------------------
-
-def phantom_settings(name: str, **overrides):
-    from LiverTumorSegLib.data.phantom import PhantomSettings
-
-    return getattr(PhantomSettings, name)(**overrides)
-
-
-def count_tumors(labels: np.ndarray) -> int:
-    from LiverTumorSegLib.core.lesions import label_lesions
-
-    return int(label_lesions(labels == 2)[1])
-
 
 def exact_phantom(first_seed: int, n: int, preset: str):
     """The first phantom from seed `first_seed` on that holds exactly n tumors; (case, seed used)."""
@@ -185,81 +177,6 @@ def training_sets(seed: int, config: dict) -> dict[int, list]:
         assert sum(c[3] for c in chosen) == k, (k, [c[3] for c in chosen])
         sets[k] = chosen
     return sets
-
-
-def phantom_test_set(config: dict) -> list:
-    """[(case_id, image, labels)]: at least test_cases cases and test_min_tumors tumors."""
-    from LiverTumorSegLib.data.phantom import make_phantom
-
-    settings = phantom_settings(config["phantom"], n_tumors=tuple(config["test_tumors"]))
-    out, tumors, seed = [], 0, 5_000_000
-    while len(out) < config["test_cases"] or tumors < config["test_min_tumors"]:
-        case = make_phantom(seed, settings)
-        n = count_tumors(case.labels.array)
-        if n > 0:
-            out.append((f"test_phantom{seed}", case.image, case.labels))
-            tumors += n
-        seed += 1
-    return out
-
-
-def reference_test_set(config: dict, data_dir: Path) -> list:
-    """Tumors synthesised into each real TotalSegmentator CT's liver, `ref_variants` seeds each."""
-    if config["ref_variants"] <= 0:
-        return []
-    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
-
-    out = []
-    for i, (name, image, liver) in enumerate(load_reference_cases(data_dir)):
-        if config.get("ref_names") and name not in config["ref_names"]:
-            continue
-        for v in range(config["ref_variants"]):
-            seed = 7_000_000 + 100 * i + v
-            img, labels, _tumors = synthesize_tumors(image, liver, seed, n_tumors=tuple(config["ref_tumors"]))
-            if count_tumors(labels.array) > 0:
-                out.append((f"{name}_synth{v}", img, labels))
-    return out
-
-
-def small_tumor_test_set(config: dict, data_dir: Path) -> list:
-    """The small-tumor test set: what a radiologist misses and a voxel Dice hides. Phantoms
-    (`small_phantoms`, 3-6 tumors of 5-15 mm each, 20-60 HU from the liver, a quarter hyperdense,
-    1-5 mm slices) and tumors of 5-15 mm synthesised into each real reference CT
-    (`small_ref_variants` per CT, 3-6 per liver, a quarter hyperdense; the Hu recipe's texture
-    halves delta, so delta 40-120 HU gives 20-60 HU mean contrast). Seeds no training uses."""
-    from LiverTumorSegLib.data.phantom import make_phantom
-    from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors
-
-    settings = phantom_settings(config["phantom"], n_tumors=(3, 6), tumor_diameter_mm=(5.0, 15.0), slice_mm=(1.0, 5.0),
-                                hypo_contrast_hu=(20.0, 60.0), hyper_contrast_hu=(20.0, 60.0),
-                                tumor_kind_weights=(0.55, 0.05, 0.15, 0.25))
-    out, seed = [], 8_000_000
-    while sum(c[0].startswith("small_phantom") for c in out) < config["small_phantoms"]:
-        case = make_phantom(seed, settings)
-        if count_tumors(case.labels.array) > 0:
-            out.append((f"small_phantom{seed}", case.image, case.labels))
-        seed += 1
-    for i, (name, image, liver) in enumerate(load_reference_cases(data_dir)):
-        if config.get("ref_names") and name not in config["ref_names"]:
-            continue
-        for v in range(config["small_ref_variants"]):
-            img, labels, _ = synthesize_tumors(image, liver, 9_000_000 + 100 * i + v, n_tumors=(3, 6), radius_mm=(2.5, 7.5),
-                                               delta_hu=(40.0, 120.0), hyper_fraction=0.25, edge_sigma_mm=(0.5, 1.5))
-            if count_tumors(labels.array) > 0:
-                out.append((f"{name}_small{v}", img, labels))
-    return out
-
-
-def held_out_test_sets(config: dict, data_dir: Path) -> dict:
-    """{name: [(case_id, image, labels)]} for every TEST_SETS entry the config asks for."""
-    tests = {"phantom": phantom_test_set(config)}
-    ref = reference_test_set(config, data_dir)
-    if ref:
-        tests["reference_synth"] = ref
-    small = small_tumor_test_set(config, data_dir)
-    if small:
-        tests["small_tumor"] = small
-    return tests
 
 
 def describe_set(cases: list) -> dict:

@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 def make_volume(n_slices: int, matrix: int, folder: Path) -> tuple[Path, Path]:
     """image_<n>.nrrd (int16 HU) and liver_<n>.nrrd (uint8) on a matrix x matrix x n grid."""
-    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.storage import images
     from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
     from LiverTumorSegLib.volume import Volume
 
@@ -93,8 +93,8 @@ def make_volume(n_slices: int, matrix: int, folder: Path) -> tuple[Path, Path]:
         z0 = min(z0, n0 - n_slices)
         img, liver = img[z0 : z0 + n_slices], liver[z0 : z0 + n_slices]
     origin = case.image.origin
-    lio.write_image(Volume(img.astype(np.int16), case.image.spacing, origin), image_path)
-    lio.write_labelmap(Volume(liver.astype(np.uint8), case.image.spacing, origin), liver_path)
+    images.write_image(Volume(img.astype(np.int16), case.image.spacing, origin), image_path)
+    images.write_labelmap(Volume(liver.astype(np.uint8), case.image.spacing, origin), liver_path)
     return image_path, liver_path
 
 
@@ -162,7 +162,7 @@ def worker(spec: dict) -> dict:
     import tempfile
 
     threads = bc.set_threads(spec.get("threads"))
-    from LiverTumorSegLib.storage import images as lio
+    from LiverTumorSegLib.storage import images
     from LiverTumorSegLib.core.inference import segment
     from LiverTumorSegLib.storage.modelstore import load_model
 
@@ -173,12 +173,12 @@ def worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(warmup + spec["repeats"]):
             t0 = time.perf_counter()
-            image = lio.read_image(spec["image"])
-            liver = lio.read_liver_mask(spec["liver"], image)
+            image = images.read_image(spec["image"])
+            liver = images.read_liver_mask(spec["liver"], image)
             t1 = time.perf_counter()
             result = segment(image, liver, model)
             t2 = time.perf_counter()
-            lio.write_segmentation(Path(tmp) / f"tumor{i}.seg.nrrd", result.tumor, [lio.TUMOR_SEGMENT])
+            images.write_segmentation(Path(tmp) / f"tumor{i}.seg.nrrd", result.tumor, [images.TUMOR_SEGMENT])
             t3 = time.perf_counter()
             row = {k: float(v) for k, v in result.timings.items()}
             row.update(read_s=t1 - t0, segment_s=t2 - t1, write_s=t3 - t2, total_s=t3 - t0, n_lesions=len(result.lesions))

@@ -4,8 +4,8 @@ Training data, all synthetic: full-size abdominal phantoms (phantom.py), some ho
 5-20 mm tumors, and tumors synthesised into the real abdominal CTs that the `totalsegmentator`
 source distribution ships (Testing/Data/totalsegmentator; Hu et al. 2023 recipe), some of them
 small. After training, the model is evaluated on held-out phantoms, held-out synthetic tumors
-and the benchmarks' small-tumor test set, next to the threshold floor, by lesion size (recall
-and precision for 5-10, 10-20, > 20 mm); all of it goes into model.json. Fixed seeds and a fixed
+and the benchmarks' small-tumor test set (evaluation/test_sets.py), next to the threshold floor,
+by lesion size (recall and precision for 5-10, 10-20, > 20 mm); all of it goes into model.json. Fixed seeds and a fixed
 step count: the same machine and thread count give the same model, however busy it is.
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline  # noqa: E402
 from LiverTumorSegLib.cli import make_progress_printer  # noqa: E402
@@ -28,8 +27,8 @@ from LiverTumorSegLib.core.inference import segment  # noqa: E402
 from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize  # noqa: E402
 from LiverTumorSegLib.storage.modelstore import default_model_path, save_model  # noqa: E402
 from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom  # noqa: E402
-from LiverTumorSegLib.core.features import FeatureSettings  # noqa: E402
-from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.data.synthesis import synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.evaluation.test_sets import FULL_TEST_SETS, load_reference_cases, small_tumor_test_set  # noqa: E402
 from LiverTumorSegLib.training.train import TrainSettings, train_model  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -67,10 +66,8 @@ def held_out_evaluation(model, train, full) -> dict:
     """The model next to the threshold floor (fitted on the training cases) on three held-out
     sets never trained on: new phantoms, new synthetic tumors in the real CTs, and the
     benchmarks' small-tumor test set; by lesion size."""
-    import small_data  # the benchmarks' fixed small-tumor test set
-
     floor = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
-    small_tumors = small_data.small_tumor_test_set(small_data.PRESETS["full"], REPO / "Testing" / "Data")
+    small_tumors = small_tumor_test_set(FULL_TEST_SETS, REPO / "Testing" / "Data")
     return {
         "phantoms (5, seeds 900-904)": evaluate(model, list(phantom_cases(range(900, 905), full)), floor),
         "synthetic tumors in real CT (2 CTs x seeds 91, 92)": evaluate(model, list(synthetic_real_cases((91, 92))), floor),
@@ -86,17 +83,12 @@ def main() -> int:
     parser.add_argument("--phantoms", type=int, default=10, help="training phantoms (default 10)")
     parser.add_argument("--out", type=Path, default=default_model_path(), help="model folder to (re)write")
     parser.add_argument("--no-small", action="store_true", help="without the small-tumor phantoms and synthetic sets")
-    parser.add_argument("--no-fine-hessian", action="store_true", help="without the fine blob channels")
-    parser.add_argument("--lesion-weight", type=float, default=0.0, metavar="GAMMA",
-                        help="weight tumor voxels by tumor size in the loss (TrainSettings.lesion_weight_gamma; default 0 = off)")
     parser.add_argument("--visible-small", action="store_true",
                         help="small-tumor training data a reader could see: phantoms' small tumors 40-80 HU from the liver "
                              "and synthetic small tumors with 0.5-1 mm edges (the plain recipe leaves most 5-10 mm training "
                              "tumors at contrast-to-noise < 1.2: labelled, invisible; benchmarks/RESULTS.md)")
     parser.add_argument("--seed", type=int, default=0, help="training seed: initialisation and patch sampling; the "
                         "training and held-out data stay the same (default 0)")
-    parser.add_argument("--hessian-outside", choices=("image", "liver_level"), default="image",
-                        help="what the blob channels see outside the liver (FeatureSettings.hessian_outside; default image)")
     parser.add_argument("--evaluate-only", type=Path, metavar="MODEL",
                         help="train nothing: evaluate this model folder on the held-out sets (by size) and print JSON")
     args = parser.parse_args()
@@ -113,9 +105,7 @@ def main() -> int:
 
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0
-    features = FeatureSettings(hessian_outside=args.hessian_outside, **({"fine_hessian_mm": None} if args.no_fine_hessian else {}))
-    settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps, features=features,
-                             lesion_weight_gamma=args.lesion_weight,
+    settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps,
                              spot_pass=False)  # not on this data: fitted below (model.json says by what)
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()

@@ -25,13 +25,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 
-from LiverTumorSegLib.storage import images as lio  # noqa: E402
-from LiverTumorSegLib.data.synthesis import load_reference_cases, synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.storage import images  # noqa: E402
+from LiverTumorSegLib.data.synthesis import synthesize_tumors  # noqa: E402
+from LiverTumorSegLib.evaluation.test_sets import load_reference_cases  # noqa: E402
 
 WIDTH, HEIGHT = 1600, 800
 WINDOW_HU = (-160.0, 240.0)
-LIVER_RGB = np.array(lio.LIVER_SEGMENT.color)
-TUMOR_RGB = np.array(lio.TUMOR_SEGMENT.color)
+LIVER_RGB = np.array(images.LIVER_SEGMENT.color)
+TUMOR_RGB = np.array(images.TUMOR_SEGMENT.color)
 TRUTH_RGB = np.array((1.0, 0.85, 0.1))
 
 
@@ -43,9 +44,9 @@ def make_case(name: str, seed: int, folder: Path) -> dict:
     image, liver = cases[name]
     ct, labels, tumors = synthesize_tumors(image, liver, seed, n_tumors=(3, 3), radius_mm=(7.0, 16.0))
     folder.mkdir(parents=True, exist_ok=True)
-    lio.write_image(ct, folder / "ct.nrrd")
-    lio.write_labelmap(labels.with_array((labels.array > 0).astype(np.uint8)), folder / "liver.nrrd")
-    lio.write_labelmap(labels, folder / "truth.nrrd")
+    images.write_image(ct, folder / "ct.nrrd")
+    images.write_labelmap(labels.with_array((labels.array > 0).astype(np.uint8)), folder / "liver.nrrd")
+    images.write_labelmap(labels, folder / "truth.nrrd")
     return {"case": name, "seed": seed, "tumors": len(tumors)}
 
 
@@ -250,10 +251,10 @@ def main() -> int:
     summary = run_cli("segment", str(work / "ct.nrrd"), "--liver", str(work / "liver.nrrd"), "--out", str(work / "tumor.nrrd"),
                       "--prob", str(work / "prob.nrrd"), "--lesions", str(work / "lesions.csv"), "--overwrite")
     scores = json.loads(run_cli("evaluate", str(work / "tumor.nrrd"), str(work / "truth.nrrd"), "--liver", str(work / "liver.nrrd")))
-    ct = lio.read_image(work / "ct.nrrd")
-    liver = lio.read_labels(work / "liver.nrrd", reference=ct).array > 0
-    tumor = lio.read_labels(work / "tumor.nrrd", reference=ct).array > 0
-    truth = lio.read_labels(work / "truth.nrrd", reference=ct).array == 2
+    ct = images.read_image(work / "ct.nrrd")
+    liver = images.read_labels(work / "liver.nrrd", reference=ct).array > 0
+    tumor = images.read_labels(work / "tumor.nrrd", reference=ct).array > 0
+    truth = images.read_labels(work / "truth.nrrd", reference=ct).array == 2
     dice = scores.get("dice")
     found = summary.split(",")[0]
     captions = {

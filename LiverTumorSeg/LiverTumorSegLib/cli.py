@@ -1,4 +1,4 @@
-"""The `livertumorseg` command line: segment, train, evaluate, phantom, demo.
+"""The `livertumorseg` command line: segment, train, evaluate, phantom, web, demo.
 
 Bad input prints one line naming the problem and the fix, and exits with code 2, with nothing
 written: every output path is checked (type, writable, not an input, not another output, not an
@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import Cancelled, InputError
+from .training.settings import TrainSettings  # light: the train help reads its defaults
+from .protocol import ERROR_PREFIX, PROGRESS_JSON, WARNING_PREFIX, progress_line
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesions", help="also write the lesion table here (.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
-    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
+    p.add_argument(PROGRESS_JSON, action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
     p = sub.add_parser("train", help="train (or fine-tune) a model on a folder of cases")
     p.add_argument("cases", help="case library, or a folder of case folders (image.nrrd + label.nrrd)")
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="model to fine-tune from (folder or model.pt); earlier cases are replayed")
     p.add_argument("--minutes", type=float, default=5.0,
                    help="time cap in minutes (default 5): training stops early only if the planned steps take longer")
-    p.add_argument("--max-steps", type=int, help=_MaxStepsHelp())
+    p.add_argument("--max-steps", type=int,
+                   help=f"planned optimisation steps (default {TrainSettings.max_steps}); model.json says how many ran")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--arch", choices=("mhpnet", "unet3d"), default="mhpnet", help="network (default mhpnet; unet3d is the plain baseline)")
     p.add_argument("--no-hessian", action="store_true", help="train without the Hessian channels (ablation)")
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "parent's is kept unless this is given)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
-    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
+    p.add_argument(PROGRESS_JSON, action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
     p = sub.add_parser("evaluate", help="compare a predicted tumor mask with the truth; prints JSON")
     p.add_argument("pred", help="predicted labelmap or .seg.nrrd")
@@ -108,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("default", category=UserWarning, append=True)  # (a caller's own filters come first)
-    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+    warnings.formatwarning = lambda message, category, *a, **k: f"{WARNING_PREFIX} {message}\n"
     commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
                 "web": cmd_web}
     try:
         return commands[args.command](args) or 0
     except InputError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX} {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
         print("cancelled; nothing was written", file=sys.stderr)
@@ -132,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The `livertumorseg` command: `main`, then a quick exit. Tearing torch down at interpreter
-    exit took 0.5-0.6 s of every command; by the time `main` returns its outputs are committed and
-    closed, so only stdio is left to flush. Falls back to a normal exit while another thread runs
-    (it would be cut off) or when `main` raised (a bug: the traceback must show)."""
+    exit costs 0.5-0.6 s per command (benchmarks/RESULTS.md, "Speed"); by the time `main` returns
+    its outputs are committed and closed, so only stdio is left to flush. Falls back to a normal
+    exit while another thread runs (it would be cut off) or when `main` raised (a bug: the
+    traceback must show)."""
     code = main()
     if threading.active_count() > 1:
         sys.exit(code)
@@ -236,7 +240,7 @@ def make_progress_printer(as_json: bool):
     """A progress callback: JSON lines for the Slicer module, a tqdm bar for people."""
     if as_json:
         def report(info: dict) -> None:
-            print(json.dumps(info), flush=True)
+            print(progress_line(info), flush=True)
         return report, lambda: None
 
     from tqdm import tqdm
@@ -267,7 +271,7 @@ def make_progress_printer(as_json: bool):
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_segment(args) -> int:
-    from .storage import images as lio
+    from .storage import images
     from .storage.fsutil import StagedOutputs
     from .core.inference import segment
     from .storage.lesion_csv import write_lesion_csv
@@ -292,14 +296,14 @@ def cmd_segment(args) -> int:
     else:
         set_threads(args.threads)
         model = load_model_arg(args.model)
-        header = lio.image_header(args.image)
+        header = images.image_header(args.image)
         if header:  # the whole CT will be searched: refused before its voxels are even read
             problem = memory_problem(*header, None, work_mm=model.feature_settings.spacing_mm)
             if problem:
                 raise InputError(problem)
         image, liver = read_ct_and_liver(args.image, None)
         warnings.warn("no --liver mask given: segmenting the whole volume (slower, more false positives)")
-    lio.warn_if_implausible_ct(image, liver, Path(args.image).name)
+    images.warn_if_implausible_ct(image, liver, Path(args.image).name)
     check_memory(image, liver, model)
     report, close = make_progress_printer(args.progress_json) if args.progress_json else (None, lambda: None)
     try:
@@ -310,7 +314,7 @@ def cmd_segment(args) -> int:
     with StagedOutputs() as staged:
         write_tumor_output(staged.path_for(out), result.tumor)
         if prob_out:
-            lio.write_image(result.probability, staged.path_for(prob_out))
+            images.write_image(result.probability, staged.path_for(prob_out))
         if csv_out:
             write_lesion_csv(result.lesions, staged.path_for(csv_out))
         staged.commit()
@@ -321,10 +325,10 @@ def cmd_segment(args) -> int:
 
 def read_ct_and_liver(image_path, liver_path):
     """The CT (its integer type kept) and, when given, its liver mask on the CT's grid."""
-    from .storage import images as lio
+    from .storage import images
 
-    image = lio.read_image(image_path, keep_integer=True)
-    return image, (lio.read_liver_mask(liver_path, reference=image) if liver_path else None)
+    image = images.read_image(image_path, keep_integer=True)
+    return image, (images.read_liver_mask(liver_path, reference=image) if liver_path else None)
 
 
 def check_memory(image, liver, model) -> None:
@@ -344,30 +348,12 @@ def check_memory(image, liver, model) -> None:
 
 def write_tumor_output(out: Path, tumor) -> None:
     """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment; else a uint8 labelmap."""
-    from .storage import images as lio
+    from .storage import images
 
     if str(out).lower().endswith(".seg.nrrd"):
-        lio.write_segmentation(out, tumor, [lio.TUMOR_SEGMENT])
+        images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
     else:
-        lio.write_labelmap(tumor, out)
-
-
-class _MaxStepsHelp(str):
-    """The help of `train --max-steps`, written out only when help is shown (argparse formats
-    every help with `%`): its default lives in training.py, whose imports (scipy) every command,
-    `web` included, would otherwise pay for while the parser is built (about half a second)."""
-
-    def __new__(cls):
-        return super().__new__(cls, "planned optimisation steps")
-
-    def __mod__(self, params) -> str:
-        return f"{str.__str__(self)} (default {_default_steps()}); model.json says how many ran"
-
-
-def _default_steps() -> int:
-    from .training.train import TrainSettings
-
-    return TrainSettings.__dataclass_fields__["max_steps"].default
+        images.write_labelmap(tumor, out)
 
 
 def library_root(cases: str | os.PathLike) -> Path:
@@ -412,8 +398,8 @@ def read_training_cases(folders: list) -> list:
 def cmd_train(args) -> int:
     from .storage.fsutil import exclusive_lock
     from .storage.library import find_case_folders
-    from .storage.modelstore import load_model, save_model
-    from .training.train import TrainSettings, train_model
+    from .storage.modelstore import load_model, parent_check_warning, save_model
+    from .training.train import train_model
 
     out = Path(args.out)
     if out.exists():
@@ -448,15 +434,14 @@ def cmd_train(args) -> int:
 
     synthesis = describe(model.meta.get("synthesis"))
     if args.progress_json:
-        print(json.dumps({"stage": "done", "model": str(out), "validation": validation, "synthesis": synthesis}), flush=True)
+        print(progress_line({"stage": "done", "model": str(out), "validation": validation, "synthesis": synthesis}), flush=True)
     else:
         dice = validation.get("dice")
         print(f"model written to {out}" + (f" (validation Dice {dice:.3f})" if dice is not None else "")
               + f", {model.meta['steps']} of {model.meta['steps_planned']} planned steps; {synthesis}")
-    check = model.meta.get("parent_check") or {}
-    if check.get("worse_than_parent"):
-        print(f"warning: the new model scores more than {check['tolerance']} Dice below its parent {check['parent']} on "
-              f"{' and '.join(check['worse_on'])}; keep using the parent unless your own cases say otherwise",
+    worse = parent_check_warning(model.meta)
+    if worse:
+        print(f"{WARNING_PREFIX} the new model is {worse}; keep using the parent unless your own cases say otherwise",
               file=sys.stderr)
     return 0
 
@@ -468,15 +453,15 @@ def check_model_folder_writable(out: Path) -> str | None:
 
 
 def cmd_evaluate(args) -> int:
-    from .storage import images as lio
+    from .storage import images
     from .evaluation.metrics import evaluate_case
 
-    truth = lio.read_labels_kind(args.truth)
-    pred = lio.read_labels_kind(args.pred, reference=truth.volume)
+    truth = images.read_labels_kind(args.truth)
+    pred = images.read_labels_kind(args.pred, reference=truth.volume)
     truth_mask = tumor_mask(truth, args.truth_labels, role="truth")
     pred_mask = tumor_mask(pred)
     if args.liver:
-        liver = lio.read_liver_mask(args.liver, reference=truth.volume)
+        liver = images.read_liver_mask(args.liver, reference=truth.volume)
         pred_mask, truth_mask = pred_mask & liver, truth_mask & liver
     print(json.dumps(evaluate_case(pred_mask, truth_mask, truth.volume.spacing_zyx), indent=2))
     return 0
@@ -543,10 +528,10 @@ def cmd_web(args) -> int:
     if missing:
         raise InputError(f"the web front end needs {', '.join(missing)}, which is not installed; "
                          "install it with `make venv` (or pip install -r requirements.txt)")
-    from .slicer.logic import defaultLibraryPath
+    from .storage.library import default_library_path
     from LiverTumorSegWeb.app import serve
 
-    library = Path(args.library).expanduser() if args.library else defaultLibraryPath()
+    library = Path(args.library).expanduser() if args.library else default_library_path()
     serve(library, host=args.host, port=args.port,
           ready=lambda url: print(f"LiverTumorSeg web: {url} (library {library}); Ctrl+C stops it", flush=True))
     return 0

@@ -23,7 +23,7 @@ TRAIN_CASES, TEST_CASES = 3, 4
 
 
 def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False) -> dict:
-    from .storage import images as lio
+    from .storage import images
     from .evaluation.floors import fit_threshold_baseline
     from .storage.library import CaseLibrary, find_case_folders
     from .storage.modelstore import default_model_path, load_model, save_model
@@ -74,8 +74,8 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
     name, image, labels = test[0]
     after = stages["retrained"]["masks"][0]
     before = stages["default_model"]["masks"][0] if "default_model" in stages else None
-    lio.write_image(image, out / f"{name}_ct.nrrd")
-    lio.write_segmentation(out / f"{name}_tumor.seg.nrrd", image.with_array(after.view(np.uint8)), [lio.TUMOR_SEGMENT])
+    images.write_image(image, out / f"{name}_ct.nrrd")
+    images.write_segmentation(out / f"{name}_tumor.seg.nrrd", image.with_array(after.view(np.uint8)), [images.TUMOR_SEGMENT])
     png = write_overlay_png(out / f"{name}_overlay.png", image, labels.array == 2, after, before)
     report = {
         "training": {"cases": len(train), "tumors": n_tumors, "seconds": round(train_s, 1), "steps": model.meta["steps"],

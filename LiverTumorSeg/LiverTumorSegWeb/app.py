@@ -36,6 +36,7 @@ from trame_slicer.rca_view import RemoteViewFactory
 from trame_slicer.views import NoScheduleRendering, SliceView, ThreeDView, ViewType
 
 from LiverTumorSegLib.slicer import logic as liblogic
+from LiverTumorSegLib.slicer import rules
 from LiverTumorSegLib.errors import Cancelled, InputError
 
 from .uploads import save_uploads
@@ -46,6 +47,21 @@ JOB_POLL_S = 0.25
 PRELOAD_AFTER_S = 3.0  # the engine's imports wait this long after the server listens
 EDIT_CHECK_PAUSE_S = 0.4  # after the last stroke of a correction
 TITLE = "LiverTumorSeg"
+# The page's words for why an action is blocked (rules.py's reasons; the page loads files where
+# the Slicer panel chooses nodes, and has no ROI).
+REASONS = {
+    rules.SEGMENTING: "segmentation is running: wait for it or Cancel it",
+    rules.TRAINING: "training is running: wait for it or Cancel it",
+    rules.NO_CT: "load a CT",
+    rules.NO_LIVER: "load the liver mask",
+    rules.NO_LIVER_SEGMENT: "load the liver mask",
+    rules.NO_MODEL: "there is no model yet: add corrected cases and Retrain",
+    rules.NO_RESULT: "segment first",
+    rules.NO_TUMOR: "segment (and correct) the tumors first",
+    rules.NO_PROBABILITY: "segment first",
+    rules.NO_CASE: "add at least one case",
+    rules.NO_CASE_SELECTED: "select a case",
+}
 
 
 def one_line(error: BaseException) -> str:
@@ -131,31 +147,18 @@ class LiverTumorSegWebApp(TrameApp):
             self._say(f"{what}: {one_line(error)}", "error")
 
     def _checkCanApply(self) -> None:
-        """Enable each action only when its inputs are there and no job is in its way (the widget's rule)."""
+        """Enable each action by the rules the Slicer panel shares (rules.py); the tips say what is missing."""
         s = self.state
-        segmenting, training = self.segmentJob is not None, self.trainingJob is not None
-        tumorId = self.logic.tumorSegmentId(self.output)
-        wait = "segmentation is running: wait for it or Cancel it"
-        missing = [wait] if segmenting else []
-        if self.ct is None:
-            missing.append("load a CT")
-        if self.liver is None:
-            missing.append("load the liver mask")
-        if not s.lts_models:
-            missing.append("there is no model yet: add corrected cases and Retrain")
-        s.lts_can_segment, s.lts_segment_tip = not missing, "; ".join(missing)
-        s.lts_has_result = bool(tumorId) and not segmenting
-        missing = [wait] if segmenting else []
-        if not tumorId:
-            missing.append("segment (and correct) the tumors first")
-        s.lts_can_add, s.lts_add_tip = not missing, "; ".join(missing)
-        missing = ["training is running: wait for it or Cancel it"] if training else []
-        if segmenting:
-            missing.append(wait)
-        if not s.lts_cases:
-            missing.append("add at least one case")
-        s.lts_can_train, s.lts_train_tip = not missing, "; ".join(missing)
-        s.lts_segmenting, s.lts_training = segmenting, training
+        state = rules.PanelState(
+            hasCt=self.ct is not None, hasLiverSegment=self.liver is not None, hasModel=bool(s.lts_models),
+            hasTumor=bool(self.logic.tumorSegmentId(self.output)), caseCount=len(s.lts_cases),
+            caseSelected=bool(s.lts_case), segmenting=self.segmentJob is not None, training=self.trainingJob is not None)
+        for name, blockers in (("segment", rules.segmentBlockers), ("add", rules.addCaseBlockers),
+                               ("train", rules.retrainBlockers)):
+            missing = [REASONS[reason] for reason in blockers(state)]
+            s[f"lts_can_{name}"], s[f"lts_{name}_tip"] = not missing, "; ".join(missing)
+        s.lts_has_result = not rules.correctBlockers(state)  # the editor, the slider and the downloads
+        s.lts_segmenting, s.lts_training = state.segmenting, state.training
         self._showTumorStatus()
 
     def _showTumorStatus(self) -> None:
@@ -306,14 +309,11 @@ class LiverTumorSegWebApp(TrameApp):
         job = self.segmentJob
         job.poll()
         if not job.finished:
-            if not job.cancelled and job.latest is not None:
-                info = dict(job.latest, elapsed_s=job.elapsed)
-                percent, text = liblogic.describeProgress(info, job.stageSpans)
-                if info.get("stage") == "done":
-                    text = f"Writing the result: {liblogic.formatMinutes(job.elapsed)} elapsed"
-                self.state.lts_segment_percent, self.state.lts_segment_text = percent, text
-            elif not job.cancelled:
-                self.state.lts_segment_text = f"Segmenting in the background: {liblogic.formatMinutes(job.elapsed)} elapsed"
+            if not job.cancelled:  # keep "Cancelling..." until it has stopped
+                percent, _bar, text = rules.segmentProgress(job.latest, job.elapsed, job.stageSpans)
+                if percent is not None:  # None: the CT is still being prepared (no report yet)
+                    self.state.lts_segment_percent = percent
+                self.state.lts_segment_text = text
             return
         self.segmentJob = None
         try:
@@ -339,7 +339,7 @@ class LiverTumorSegWebApp(TrameApp):
         editor.set_active_segment_id(self.logic.tumorSegmentId(segmentation))
         for view in self.slicer.view_manager.get_threed_views():
             view.reset_view()  # the tumor surfaces (and the liver's) fill the 3D view
-        text = f"{table.GetNumberOfRows()} lesion(s) found in {liblogic.formatMinutes(job.elapsed)}."
+        text = f"{table.GetNumberOfRows()} lesion(s) found in {rules.formatMinutes(job.elapsed)}."
         if job.warnings:
             text += f" Warning: {job.warnings[-1]}"
         self._say(text, "warning" if job.warnings else "success")
@@ -440,7 +440,7 @@ class LiverTumorSegWebApp(TrameApp):
     def _pollTraining(self) -> None:
         job = self.trainingJob
         for info in job.poll():
-            self.state.lts_train_percent, self.state.lts_train_text = liblogic.describeProgress(info)
+            self.state.lts_train_percent, self.state.lts_train_text = rules.describeProgress(info)
         if not job.finished:
             return
         self.trainingJob = None

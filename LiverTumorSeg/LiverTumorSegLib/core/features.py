@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from .hessian import hessian_channels
 from ..volume import Volume
 
 NORMALIZATIONS = ("liver", "window", "both")
-LIVER_REFERENCES = ("median", "mode")
-HESSIAN_OUTSIDE = ("image", "liver_level")
+# Options that older models may carry, at the only value this version implements; any other
+# value cannot be reproduced here (benchmarks/RESULTS.md, method changes).
+RETIRED = {"liver_reference": "median", "hessian_outside": "image", "fine_hessian_mm": None}
 _ROBUST_SIGMA = 1.4826  # median absolute deviation -> standard deviation for a normal distribution
 _SLAB = 32  # slices resampled at a time (bounds the temporary memory)
 
@@ -38,25 +39,8 @@ class FeatureSettings:
     transfers across scanners and contrast phases; "window" = HU window mapped to [0, 1];
     "both" = the two as separate channels. spread_hu None = the case's robust spread (1.4826 MAD
     of liver HU) clipped to spread_limits_hu; a number = that fixed spread in HU.
-    liver_reference: the liver level "darker than this liver" is measured against: "median" of
-    all liver voxels, or "mode" of the liver histogram, the parenchyma's own level, which a heavy
-    tumor burden (a quarter of the liver can be tumor) does not pull down.
+    The liver level is the median HU of the liver voxels.
     Hessian channels are computed on the liver-relative image (or HU / 50 for "window"), in mm.
-    fine_hessian_mm: None, or the spacing (mm) of a finer grid on which small-scale blob channels
-    (fine_hessian_scales_mm, max over scales, both polarities) are computed and then max-pooled
-    onto the working grid: at 2 mm a 6 mm lesion is 3 voxels and its blob response is smeared
-    away by resampling first; computed finer and pooled, it survives. Off by default: at 1.25 mm
-    it gave +0.054 and +0.012 per-case Dice on the small-tumor test set at K = 7 (2 seeds), but
-    the default model rebuilt with it lost on all three held-out sets (benchmarks/RESULTS.md);
-    it costs about 1.4 s per 512 x 512 x 96 CT.
-    hessian_outside: what the blob channels see outside the liver mask. "image" = the CT as it is
-    (fat and air clipped to -clip); "liver_level" = the liver's own level (0 in liver units), so a
-    small tumor near the liver's edge stays a ball instead of merging with the dark fat beyond,
-    and the edge itself gives no blob response. On the small-tumor test set the channel of 16 of 22
-    visible 5-10 mm tumors then rises above the healthy liver's 99.9th percentile (11 of 22 with
-    "image"), but networks trained at K = 7 with it found no more of them (3 seeds; mixed Dice;
-    benchmarks/RESULTS.md): off by default. A default model rebuilt with it and visible small
-    tumors was better out of the box but worse after Retrain (rebuild F): not shipped.
     """
 
     spacing_mm: float = 2.0
@@ -67,22 +51,14 @@ class FeatureSettings:
     spread_limits_hu: tuple = (12.0, 60.0)
     clip: float = 6.0
     fallback_liver_hu: float = 110.0
-    liver_reference: str = "median"
-    hessian_outside: str = "image"
     use_hessian: bool = True
     hessian_scales_mm: tuple = (3.0, 6.0, 12.0)
     hessian_polarities: tuple = ("dark", "bright")
     hessian_combine: str = "max"
-    fine_hessian_mm: float | None = None
-    fine_hessian_scales_mm: tuple = (1.5, 2.5)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
-        if self.liver_reference not in LIVER_REFERENCES:
-            raise InputError(f"liver_reference must be one of {LIVER_REFERENCES}, not {self.liver_reference!r}")
-        if self.hessian_outside not in HESSIAN_OUTSIDE:
-            raise InputError(f"hessian_outside must be one of {HESSIAN_OUTSIDE}, not {self.hessian_outside!r}")
         if not self.spacing_mm > 0:
             raise InputError("the working spacing must be a positive number of mm")
         if not self.margin_mm >= 0:  # a negative margin would cut the liver out of its own box
@@ -91,9 +67,6 @@ class FeatureSettings:
         self.spread_limits_hu = tuple(float(v) for v in self.spread_limits_hu)
         self.hessian_scales_mm = tuple(float(v) for v in self.hessian_scales_mm)
         self.hessian_polarities = tuple(self.hessian_polarities)
-        self.fine_hessian_scales_mm = tuple(float(v) for v in self.fine_hessian_scales_mm)
-        if self.fine_hessian_mm is not None and not 0 < self.fine_hessian_mm < self.spacing_mm:
-            raise InputError(f"fine_hessian_mm {self.fine_hessian_mm} must be finer than the working spacing {self.spacing_mm} mm")
 
     @property
     def channel_names(self) -> list[str]:
@@ -103,8 +76,6 @@ class FeatureSettings:
                 names += [f"hessian_{p}" for p in self.hessian_polarities]
             else:
                 names += [f"hessian_{p}_{s:g}mm" for p in self.hessian_polarities for s in self.hessian_scales_mm]
-            if self.fine_hessian_mm is not None:
-                names += [f"hessian_{p}_fine" for p in self.hessian_polarities]
         return names
 
     @property
@@ -117,9 +88,14 @@ class FeatureSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSettings":
+        """From to_dict's output (a model file's "feature_settings"); unknown keys are ignored.
+        A retired option (RETIRED) is accepted at its only value and refused at any other."""
+        for key, value in RETIRED.items():
+            if key in data and data[key] != value:
+                raise ModelError(f"the model's feature setting {key}={data[key]!r} is no longer supported (only "
+                                 f"{value!r} is); retrain the model with this version, or run it with an older "
+                                 "LiverTumorSeg version")
         known = {f.name for f in fields(cls)}
-        # Models saved before these choices existed used the median and no fine blob channels.
-        data = {"liver_reference": "median", "fine_hessian_mm": None, "hessian_outside": "image", **data}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
@@ -208,48 +184,16 @@ def prepare_case(
     t2 = time.perf_counter()
     if settings.use_hessian:  # on the liver-relative image; for "window" on HU / 50 (O(1) responses)
         source = features[0] if settings.normalization != "window" else np.clip(hu, *settings.hu_window) / np.float32(50.0)
-        if settings.hessian_outside == "liver_level" and liver is not None:
-            source = liver_level_outside(source, liver_work, 0.0 if settings.normalization != "window" else median / 50.0)
-        n_coarse = settings.n_channels - n_intensity - (len(settings.hessian_polarities) if settings.fine_hessian_mm else 0)
         hessian_channels(
             source, work_spacing, settings.hessian_scales_mm, settings.hessian_polarities,
-            settings.hessian_combine, out=features[n_intensity : n_intensity + n_coarse],
+            settings.hessian_combine, out=features[n_intensity:],
         )
-        if settings.fine_hessian_mm is not None:
-            fine_blob_channels(image.array[box_slices], crop_spacing, median, spread, settings, work_shape,
-                               out=features[n_intensity + n_coarse :])
     del hu
     t3 = time.perf_counter()
     timings = {"crop_resample_s": t1 - t0, "normalize_s": t2 - t1, "hessian_s": t3 - t2}
     return Prepared(
         features, liver_work, tumor_work, settings.channel_names, work_spacing, box, image.shape, median, spread, timings
     )
-
-
-def liver_level_outside(image: np.ndarray, liver: np.ndarray, level: float) -> np.ndarray:
-    """A copy of `image` with every voxel outside `liver` set to `level`: the blob filters then
-    see no liver edge, only what lies inside the liver."""
-    out = np.array(image, dtype=np.float32, copy=True)
-    out[~liver] = np.float32(level)
-    return out
-
-
-def fine_blob_channels(crop_hu, crop_spacing, median: float, spread: float, settings: FeatureSettings, work_shape, out):
-    """Small-scale blob channels computed on a grid of settings.fine_hessian_mm and max-pooled onto
-    the working grid (each working voxel keeps the strongest fine response in its footprint).
-    Same liver-relative units as the main channels."""
-    fine_shape = tuple(int(max(1, round(n * s / settings.fine_hessian_mm))) for n, s in zip(crop_hu.shape, crop_spacing))
-    fine_spacing = tuple(float(n * s / m) for n, s, m in zip(crop_hu.shape, crop_spacing, fine_shape))
-    fine = to_working_grid(crop_hu, crop_spacing, fine_shape, antialias_to_mm=settings.fine_hessian_mm)
-    fine -= np.float32(median)
-    fine /= np.float32(spread)
-    np.clip(fine, -settings.clip, settings.clip, out=fine)
-    blobs = hessian_channels(fine, fine_spacing, settings.fine_hessian_scales_mm, settings.hessian_polarities, "max")
-    del fine
-    footprint = [max(1, int(np.ceil(n_fine / n_work))) for n_fine, n_work in zip(fine_shape, work_shape)]
-    for c in range(blobs.shape[0]):
-        out[c] = resample(ndimage.maximum_filter(blobs[c], size=footprint, mode="nearest"), work_shape)
-    return out
 
 
 def liver_box(liver: np.ndarray | None, shape, spacing_zyx, margin_mm: float) -> tuple:
@@ -320,8 +264,7 @@ def resample(array: np.ndarray, shape) -> np.ndarray:
 
 
 def liver_statistics(hu: np.ndarray, liver: np.ndarray | None, settings: FeatureSettings) -> tuple[float, float]:
-    """Level (median or histogram mode, settings.liver_reference) and robust spread (HU) of the
-    liver, the reference of "darker than this liver"."""
+    """Median and robust spread (HU) of the liver, the reference of "darker than this liver"."""
     lo_limit, hi_limit = settings.spread_limits_hu
     if liver is None or not liver.any():
         median = settings.fallback_liver_hu
@@ -330,24 +273,11 @@ def liver_statistics(hu: np.ndarray, liver: np.ndarray | None, settings: Feature
     values = hu[liver]
     if values.size > 200_000:  # a strided subsample gives the same median to < 1 HU, much faster
         values = values[:: values.size // 200_000]
-    median = float(np.median(values)) if settings.liver_reference == "median" else histogram_mode(values)
+    median = float(np.median(values))
     if settings.spread_hu is not None:
         return median, float(settings.spread_hu)
     mad = float(np.median(np.abs(values - median))) * _ROBUST_SIGMA
     return median, float(np.clip(mad, lo_limit, hi_limit))
-
-
-def histogram_mode(values: np.ndarray, bin_hu: float = 1.0, smooth_hu: float = 4.0) -> float:
-    """The most frequent value (HU) of a Gaussian-smoothed histogram: the healthy parenchyma's
-    level even when tumors, vessels or cysts make up a large share of the liver."""
-    values = np.asarray(values, dtype=np.float32)
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    if hi - lo < 2 * bin_hu:
-        return float(np.median(values))
-    counts, edges = np.histogram(values, bins=int(np.ceil((hi - lo) / bin_hu)), range=(lo, hi))
-    smoothed = ndimage.gaussian_filter1d(counts.astype(float), smooth_hu / bin_hu, mode="constant")
-    peak = int(np.argmax(smoothed))
-    return float(0.5 * (edges[peak] + edges[peak + 1]))
 
 
 def normalize(hu: np.ndarray, median: float, spread: float, settings: FeatureSettings, out: np.ndarray) -> int:

@@ -1,8 +1,8 @@
 """Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
 the CT grid -> the spot pass (spots.py) -> threshold inside the liver -> drop specks -> lesion table.
 
-Speed (METHOD.md): small windows at 50% overlap compute each voxel ~8 times, and one window per
-forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
+Why no sliding window: small windows at 50% overlap compute each voxel ~8 times, and one window
+per forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
 statistics, so it runs over the whole liver box in one pass when that fits in memory, else over
 a few large tiles that overlap only by a context halo which is cut away (no blending needed).
 Arrays are (z, y, x); probabilities float32 in [0, 1].

@@ -1,4 +1,4 @@
-"""Spot pass beside the network (issue 8): the 10-25 mm tumors the network misses.
+"""Spot pass beside the network: the 10-25 mm tumors the network misses.
 
 The network misses many visible 10-20 mm tumors that a smoothed HU threshold finds (with many
 false spots). This pass keeps the threshold's sensitivity and buys back precision with a small
@@ -8,8 +8,7 @@ lesion-level classifier:
    8 mm liver-only average of voxels within 2 robust sigmas of the liver median, so tumors,
    vessels and the fat beyond the edge do not bias it), over the noise of that difference;
    averaged in blocks of up to `grid_mm` first (a 0.6-0.9 mm CT becomes 1.2-1.8 mm in-plane, a
-   1 mm one stays: spots of 10 mm and more lose nothing, the pass takes a quarter of the time;
-   at 1.5 mm a 0.8 mm CT stayed at full resolution and the pass took 1.6 s instead of 0.5 s);
+   1 mm one stays: spots of 10 mm and more lose nothing, and the pass takes a quarter of the time);
 2. candidates: 26-connected spots darker or brighter than `z_cut` noise units, 10-25 mm across;
 3. per candidate: size, peak and mean contrast, contrast to noise in a 2-6 mm liver
    ring, elongation (vessels are tubes) and depth below the liver surface; a logistic regression
@@ -18,8 +17,8 @@ lesion-level classifier:
 
 inference.segment folds the scores into the probability map through a monotone map that sends
 the cut to the model's threshold, so the threshold slider, the lesion table and saved files see
-one map. The 5-10 mm spots were tried and left out: real livers hold dozens of vessel
-cross-sections that look like them (benchmarks/RESULTS.md, "A spot pass beside the network").
+one map. Spots under 10 mm are left out: real livers hold dozens of vessel cross-sections that
+look like them (benchmarks/RESULTS.md, "A spot pass beside the network").
 Pure numpy / scipy: a few dozen numbers in model.json, no weights file.
 """
 
@@ -31,8 +30,9 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from .geometry import depth_below_surface_mm
 from .hessian import block_mean
-from .lesions import drop_surface_slivers, equivalent_diameter_mm
+from .lesions import drop_surface_slivers, equivalent_diameter_mm, label_lesions
 
 FEATURES = ("log_diameter", "peak_z", "mean_z", "local_cnr", "log_elongation", "depth", "bright", "bright_local_cnr",
             "bright_log_elongation")
@@ -184,18 +184,18 @@ def find_candidates(image, liver: np.ndarray, settings: SpotSettings, tumor: np.
     smallest, largest = (np.pi / 6 * d ** 3 / voxel_mm3 for d in (settings.min_diameter_mm, settings.max_diameter_mm))
     for bright, spots in ((0.0, z < -settings.z_cut), (1.0, z > settings.z_cut)):
         spots &= inside
-        components, count = ndimage.label(spots, structure=np.ones((3, 3, 3), bool))
+        components, count = label_lesions(spots)
         sizes = np.bincount(components.ravel(), minlength=count + 1)
         sizes[0] = 0
         spots = ((sizes >= smallest) & (sizes <= largest))[components]  # the size window first: thousands of specks
         drop_surface_slivers(spots, inside, spacing)
-        components, count = ndimage.label(spots, structure=np.ones((3, 3, 3), bool))
+        components, count = label_lesions(spots)
         for index, sub in enumerate(ndimage.find_objects(components), start=1):
             member = components[sub] == index
             diameter = equivalent_diameter_mm(float(member.sum() * voxel_mm3))
             values = np.abs(z[sub][member])
             elongation = _elongation(np.argwhere(member) * spacing)
-            depth = _depth_mm(inside, sub, member, spacing)
+            depth = _spot_depth_mm(inside, sub, member, spacing)
             cnr = _local_cnr(difference, inside, sub, member, spacing)
             log_elongation = float(np.log(elongation))
             rows.append([np.log(diameter), float(values.max()), float(values.mean()), cnr, log_elongation,
@@ -235,11 +235,12 @@ def _elongation(points_mm: np.ndarray) -> float:
     return float(np.sqrt(eigen[-1] / eigen[0]))
 
 
-def _depth_mm(inside: np.ndarray, sub: tuple, member: np.ndarray, spacing: np.ndarray) -> float:
+def _spot_depth_mm(inside: np.ndarray, sub: tuple, member: np.ndarray, spacing: np.ndarray) -> float:
     """Deepest point of the spot below the liver surface, capped at DEPTH_CAP_MM (computed in a
-    box grown by the cap, which holds every surface point nearer than the cap)."""
+    box grown by the cap, which holds every surface point nearer than the cap; the box's edge is
+    not surface)."""
     region, local = _grown(sub, inside.shape, spacing, DEPTH_CAP_MM)
-    distance = ndimage.distance_transform_edt(inside[region], sampling=spacing)
+    distance = depth_below_surface_mm(inside[region], spacing, edge_is_surface=False)
     return float(min(distance[local][member].max(), DEPTH_CAP_MM))
 
 

@@ -1,0 +1,3 @@
+"""Synthetic data with known truth: abdominal phantoms, synthetic tumors pasted into real CTs and
+their placement helpers. Builds on core and storage.
+"""

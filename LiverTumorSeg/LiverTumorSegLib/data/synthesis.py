@@ -16,97 +16,27 @@ Arrays are (z, y, x); spacing handled through `Volume.spacing_zyx` (mm).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 
+from ..core.lesions import label_lesions, largest_component
 from ..errors import InputError
-from ..core.lesions import largest_component
-from .phantom import smooth_field
 from ..volume import Volume
-
-REFERENCE_CASES = (
-    ("example_ct_sm", "example_ct_sm.nii.gz", "example_ct_sm_liver.nii.gz"),
-    ("example_ct_dicom", "example_ct_dicom", "example_ct_dicom_liver.nii.gz"),
-)
-
-
-# ---- shared helpers ----------------------------------------------------------------------------
-
-def _count_range(n) -> tuple[int, int]:
-    lo, hi = (n, n) if np.isscalar(n) else n
-    if lo < 0 or hi < lo:
-        raise InputError(f"tumor count {n}: give a count >= 0 or a range (low, high) with low <= high")
-    return int(lo), int(hi)
-
-
-def _liver_and_tumors(liver_or_labels, shape, what: str, whose: str) -> tuple[np.ndarray, np.ndarray]:
-    """(liver incl. tumors, tumors) from a boolean liver mask (no tumors) or a 0/1/2 label array."""
-    given = np.asarray(liver_or_labels)
-    if given.shape != tuple(shape):
-        raise InputError(f"{what} shape {given.shape} differs from the {whose} {tuple(shape)}; resample the mask to the CT")
-    liver = given > 0
-    return liver, (given == 2 if given.dtype != bool else np.zeros_like(liver))
-
-
-def _depth_mm(mask: np.ndarray, spacing_zyx) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
-    """Distance (mm) to the mask's surface, inside the mask's box: (depth, step, box).
-
-    Computed on a grid subsampled to ~2 mm so that 512 x 512 masks stay fast.
-    """
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    step = np.array([max(1, int(round(2.0 / s))) for s in spacing_zyx])
-    sub = np.pad(mask[box][:: step[0], :: step[1], :: step[2]], 1)
-    depth = ndimage.distance_transform_edt(sub, sampling=np.asarray(spacing_zyx) * step)[1:-1, 1:-1, 1:-1]
-    return depth, step, box
-
-
-def _pick_site(rng: np.random.Generator, depth, step, box, min_depth_mm: float) -> np.ndarray | None:
-    """A random voxel index (z, y, x) at least `min_depth_mm` inside the mask, else the deepest ones."""
-    candidates = np.argwhere(depth >= min(min_depth_mm, float(depth.max())))
-    if len(candidates) == 0 or depth.max() <= 0:
-        return None
-    k = candidates[rng.integers(len(candidates))]
-    return k * step + [s.start for s in box] + rng.integers(0, step)
-
-
-def _box_around(center, half_vox, shape) -> tuple[slice, ...]:
-    return tuple(slice(max(int(c) - h, 0), min(int(c) + h + 1, n)) for c, h, n in zip(center, half_vox, shape))
-
-
-def _mm_axes(box, spacing_zyx, center) -> list[np.ndarray]:
-    """Open-grid offsets (mm) of a box's voxels from `center` (voxel index)."""
-    out = []
-    for axis, (sl, d, c) in enumerate(zip(box, spacing_zyx, center)):
-        shape = [1, 1, 1]
-        shape[axis] = sl.stop - sl.start
-        out.append(((np.arange(sl.start, sl.stop) - c) * d).astype(np.float32).reshape(shape))
-    return out
-
-
-def _touches(mask: np.ndarray, others: np.ndarray) -> bool:
-    """True when `mask` comes within 2 voxels of `others`: pasted tumors must stay separate lesions."""
-    return bool(np.any(ndimage.binary_dilation(mask, iterations=2) & others))
+from .placement import box_around, count_range, depth_map, liver_and_tumors, mm_axes, pick_site, random_rotation, touches
+from .smooth_field import smooth_field
 
 
 # ---- Hu et al. synthesis -----------------------------------------------------------------------
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    return q * np.sign(np.diag(r))
-
-
 def _deformed_ellipsoid(rng: np.random.Generator, box, spacing_zyx, center, radii_mm) -> np.ndarray:
     """Ellipsoid (radii mm) warped by a smooth random displacement (Hu et al.'s elastic deformation:
     a 3-point control grid, displacement std 12-30% of the radius). Boolean mask over the box."""
-    axes = _mm_axes(box, spacing_zyx, center)
+    axes = mm_axes(box, spacing_zyx, center)
     shape = tuple(sl.stop - sl.start for sl in box)
     sigma = float(np.mean(radii_mm)) * rng.uniform(0.12, 0.3)
     cell = [max(n / 2.0, 1.0) for n in shape]
     moved = [a + np.float32(sigma) * smooth_field(rng, shape, cell) for a in axes]
-    rot = _random_rotation(rng)
+    rot = random_rotation(rng)
     level = sum(
         (sum(np.float32(rot[j, i]) * moved[i] for i in range(3)) / np.float32(radii_mm[j])) ** 2 for j in range(3)
     )
@@ -147,7 +77,7 @@ def synthesize_tumors(
     center_lps (mm), radius_mm, radii_mm, kind ("hypo" | "hyper"), delta_hu, contrast_hu (mean
     HU change over the tumor, negative when darker), voxels, volume_ml.
     """
-    whole, tumors = _liver_and_tumors(liver, image.shape, "liver mask", "CT's")
+    whole, tumors = liver_and_tumors(liver, image.shape, "liver mask", "CT's")
     labels = whole.astype(np.uint8)
     labels[tumors] = 2
     liver = whole & ~tumors  # healthy liver: where new tumors may go and intensities may change
@@ -156,9 +86,9 @@ def synthesize_tumors(
     rng = np.random.default_rng(seed)
     spacing = np.asarray(image.spacing_zyx)
     out = image.array.astype(np.float32, copy=True)
-    depth, step, liver_box = _depth_mm(liver, spacing)
+    depth, step, liver_box = depth_map(liver, spacing)
     tumors = []
-    lo, hi = _count_range(n_tumors)
+    lo, hi = count_range(n_tumors)
     for _ in range(int(rng.integers(lo, hi + 1))):
         for _attempt in range(20):
             tumor = _synthesize_one(rng, out, labels, liver, spacing, depth, step, liver_box, radius_mm, delta_hu, hyper_fraction, edge_sigma_mm)
@@ -173,14 +103,14 @@ def _synthesize_one(rng, out, labels, liver, spacing, depth, step, liver_box, ra
     """One tumor written into `out` and `labels` in place; None when the site clashes."""
     radius = float(np.exp(rng.uniform(np.log(radius_mm[0]), np.log(radius_mm[1]))))
     radii = radius * rng.uniform(0.75, 1.25, 3)
-    center = _pick_site(rng, depth, step, liver_box, max(0.5 * radius, 3.0))
+    center = pick_site(rng, depth, step, liver_box, max(0.5 * radius, 3.0))
     if center is None:
         return None
     edge = rng.uniform(*edge_sigma_mm)
     half = np.ceil((1.6 * radii.max() + 3 * edge) / spacing).astype(int) + 1
-    box = _box_around(center, half, out.shape)
+    box = box_around(center, half, out.shape)
     mask = largest_component(_deformed_ellipsoid(rng, box, spacing, center, radii) & liver[box])
-    if mask.sum() < 4 or _touches(mask, labels[box] == 2):
+    if mask.sum() < 4 or touches(mask, labels[box] == 2):
         return None
     blur = ndimage.gaussian_filter(mask.astype(np.float32), [edge / d for d in spacing])
     texture = hu_texture(rng, mask.shape, spacing)
@@ -225,35 +155,11 @@ def synthetic_copy(
     return image, labels
 
 
-# ---- reference livers --------------------------------------------------------------------------
-
-def load_reference_cases(data_dir: str | os.PathLike) -> list[tuple[str, Volume, np.ndarray]]:
-    """The tumor-free TotalSegmentator CTs with their liver masks: [(name, CT in HU, liver bool)].
-
-    `data_dir` is Testing/Data or its totalsegmentator/ folder. The DICOM case's mask is stored
-    with a flipped y axis; io.read_liver_mask resamples it onto the CT grid (nearest neighbour).
-    """
-    from ..storage import images as lio
-
-    data_dir = Path(data_dir)
-    folder = data_dir / "totalsegmentator" if (data_dir / "totalsegmentator").is_dir() else data_dir
-    cases = []
-    for name, ct_name, liver_name in REFERENCE_CASES:
-        ct_path, liver_path = folder / ct_name, folder / liver_name
-        if not ct_path.exists() or not liver_path.exists():
-            raise InputError(f"{ct_path} or {liver_path} is missing; give the folder holding the TotalSegmentator test files")
-        image = lio.read_image(ct_path)
-        cases.append((name, image, lio.read_liver_mask(liver_path, image)))
-    return cases
-
-
 # ---- copy-paste (GenSeg-lite) ----------------------------------------------------------------
 
 def _source_patches(image: Volume, labels: Volume, margin_mm: float) -> list[dict]:
     """Each labelled tumor with a margin: HU relative to the source liver median, and a blend
     weight that is 1 on the tumor and falls linearly to 0 at `margin_mm` (only over liver)."""
-    from ..core.lesions import label_lesions
-
     tumor = labels.array == 2
     components, n = label_lesions(tumor)
     if n == 0:
@@ -311,7 +217,7 @@ def paste_tumors(
     """
     if labels.shape != image.shape:
         raise InputError("the source labels are not on the source CT's grid; resample them first")
-    liver, tumors = _liver_and_tumors(target_liver, target_image.shape, "target liver mask", "target CT's")
+    liver, tumors = liver_and_tumors(target_liver, target_image.shape, "target liver mask", "target CT's")
     if target_image is image:
         tumors |= labels.array == 2
     healthy = liver & ~tumors
@@ -326,9 +232,9 @@ def paste_tumors(
     out_labels = liver.astype(np.uint8)
     out_labels[tumors] = 2
     target_median = np.float32(np.median(target_image.array[healthy]))
-    depth, step, liver_box = _depth_mm(healthy, spacing)
+    depth, step, liver_box = depth_map(healthy, spacing)
     pasted = []
-    lo, hi = _count_range(n_paste)
+    lo, hi = count_range(n_paste)
     for _ in range(int(rng.integers(lo, hi + 1))):
         patch = _flipped(rng, patches[rng.integers(len(patches))])
         for _attempt in range(20):
@@ -344,7 +250,7 @@ def _paste_one(rng, patch, out, out_labels, liver, spacing, depth, step, liver_b
     """Place one patch (its tumor centroid on a random deep liver site); None if it clashes, splits
     or loses more than a quarter of the tumor outside the liver."""
     radius = np.cbrt(3 * patch["voxels"] * float(np.prod(spacing)) / (4 * np.pi))
-    site = _pick_site(rng, depth, step, liver_box, 0.5 * radius)
+    site = pick_site(rng, depth, step, liver_box, 0.5 * radius)
     if site is None:
         return None
     centroid = np.round(np.argwhere(patch["mask"]).mean(0)).astype(int)
@@ -360,7 +266,7 @@ def _paste_one(rng, patch, out, out_labels, liver, spacing, depth, step, liver_b
     if mask.sum() < 0.75 * patch["voxels"] or mask.sum() < 4:
         return None
     kept = largest_component(mask)
-    if kept.sum() < mask.sum() or _touches(kept, out_labels[target] == 2):
+    if kept.sum() < mask.sum() or touches(kept, out_labels[target] == 2):
         return None  # split by the liver edge, or next to another tumor
     weight = patch["weight"][source] * in_liver
     region = out[target]

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
 from ..core.lesions import largest_component
-from .phantom import smooth_field
-from .synthesis import _box_around, _count_range, _depth_mm, _liver_and_tumors, _mm_axes, _pick_site, _random_rotation, _touches, paste_tumors
+from ..errors import InputError
 from ..volume import Volume
+from .placement import box_around, count_range, depth_map, liver_and_tumors, mm_axes, pick_site, random_rotation
+from .smooth_field import smooth_field
+from .synthesis import paste_tumors
 
 SIZE_SKEWS = {"small": 2.5, "uniform": 1.0, "large": 0.4}  # exponent on the uniform draw of log(diameter)
 DIAMETER_LIMITS_MM = (3.0, 80.0)
@@ -90,8 +91,8 @@ class SynthesisFamily:
                 raise InputError(f"synthesis {name} {getattr(self, name)} must be between 0 and 1")
         if min(self.hypo_contrast_hu[0], self.hyper_contrast_hu[0], self.edge_mm[0], self.texture) < 0:
             raise InputError("synthesis contrasts, edge blur and texture must not be negative")
-        self.count = tuple(int(v) for v in _count_range(self.count))
-        self.paste = tuple(int(v) for v in _count_range(self.paste))
+        self.count = tuple(int(v) for v in count_range(self.count))
+        self.paste = tuple(int(v) for v in count_range(self.paste))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -127,14 +128,14 @@ def draw_diameter(rng: np.random.Generator, family: SynthesisFamily) -> float:
 def _level_field(rng, box, spacing, center, radius, lobulation) -> np.ndarray:
     """A smooth, deformed (and lobulated) blob over the box: a field whose sublevel sets grow with
     the level; the tumor is {field < t}, t chosen for the wanted volume."""
-    axes = _mm_axes(box, spacing, center)
+    axes = mm_axes(box, spacing, center)
     shape = tuple(sl.stop - sl.start for sl in box)
     sigma = radius * rng.uniform(0.08, 0.2)
     cell = [max(n / 2.0, 1.0) for n in shape]
     moved = [a + np.float32(sigma) * smooth_field(rng, shape, cell) for a in axes]
     radii = radius * rng.uniform(0.8, 1.25, 3)
     radii *= radius / np.cbrt(np.prod(radii))
-    rot = _random_rotation(rng)
+    rot = random_rotation(rng)
 
     def form(offset, r):
         return sum((sum(np.float32(rot[j, i]) * (moved[i] - np.float32(offset[i])) for i in range(3)) / np.float32(r[j])) ** 2
@@ -159,7 +160,7 @@ def synthesize_family(image: Volume, labels, family: SynthesisFamily, seed: int,
     import time
 
     given = labels.array if isinstance(labels, Volume) else labels
-    whole, tumors = _liver_and_tumors(given, image.shape, "liver mask", "CT's")
+    whole, tumors = liver_and_tumors(given, image.shape, "liver mask", "CT's")
     healthy = whole & ~tumors
     if not healthy.any():
         raise InputError("the liver mask is empty; tumors can only be synthesised inside a liver")
@@ -169,8 +170,8 @@ def synthesize_family(image: Volume, labels, family: SynthesisFamily, seed: int,
     out = image.array.astype(np.float32, copy=True)
     out_labels = whole.astype(np.uint8)
     out_labels[tumors] = 2
-    depth, step, liver_box = _depth_mm(healthy, spacing)
-    lo, hi = _count_range(family.count if n_tumors is None else n_tumors)
+    depth, step, liver_box = depth_map(healthy, spacing)
+    lo, hi = count_range(family.count if n_tumors is None else n_tumors)
     made = []
     for _ in range(int(rng.integers(lo, hi + 1))):
         for _attempt in range(20):
@@ -187,12 +188,12 @@ def _one(rng, out, out_labels, healthy, spacing, depth, step, liver_box, family,
     """One tumor written into `out` / `out_labels` in place; None when the site is refused."""
     diameter = draw_diameter(rng, family)
     radius = diameter / 2.0
-    center = _pick_site(rng, depth, step, liver_box, max(0.5 * radius, 2.0))
+    center = pick_site(rng, depth, step, liver_box, max(0.5 * radius, 2.0))
     if center is None:
         return None
     edge = rng.uniform(*family.edge_mm)
     half = np.ceil((1.9 * radius + 3 * edge + 2 * spacing.max()) / spacing).astype(int) + 1
-    box = _box_around(center, half, out.shape)
+    box = box_around(center, half, out.shape)
     level = _level_field(rng, box, spacing, center, radius, family.lobulation)
     wanted = max(1, int(round(np.pi / 6.0 * diameter**3 / float(np.prod(spacing)))))
     flat = np.sort(level, axis=None)

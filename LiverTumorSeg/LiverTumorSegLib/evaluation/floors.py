@@ -1,4 +1,4 @@
-"""The classical floor every result is compared with (METHOD.md).
+"""The classical floor every result is compared with.
 
 Light Gaussian smoothing, then one HU threshold inside the liver ("darker than T is tumor")
 fitted on the training cases, then speck removal and the same removal of thin slivers along the

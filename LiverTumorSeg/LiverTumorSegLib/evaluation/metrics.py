@@ -1,4 +1,4 @@
-"""Tumor segmentation metrics with LiTS conventions (METHOD.md, Metrics).
+"""Tumor segmentation metrics with LiTS conventions.
 
 Masks are boolean (z, y, x) arrays on one grid; `spacing_zyx` is in mm in the same axis order.
 Dice is never NaN: an empty prediction on a case with tumors scores 0, a case with no tumors and

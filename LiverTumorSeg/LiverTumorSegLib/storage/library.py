@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from .fsutil import make_temp_dir, write_json_atomic, write_text_atomic
+from .modelstore import read_model_json
 from ..volume import Volume
 
 LIVER, TUMOR = 1, 2
@@ -70,6 +71,7 @@ class ModelInfo:
     validation_dice: float | None = None
     training_cases: list = field(default_factory=list)
     read_only: bool = False
+    problem: str = ""  # why its model.json could not be read ("" when it could; the model still works)
 
     @property
     def label(self) -> str:
@@ -80,9 +82,12 @@ class ModelInfo:
 
     @classmethod
     def from_folder(cls, folder: Path, read_only: bool = False) -> "ModelInfo":
-        meta = _read_json(folder / "model.json")
+        """A version as the model lists show it; a damaged model.json gives the bare version with
+        its `problem` (one damaged file must not hide the other versions)."""
+        folder = Path(folder)
+        meta, problem = read_model_json(folder)
         metrics = meta.get("validation", {}) or {}
-        dice = metrics.get("dice")
+        dice = metrics.get("dice") if isinstance(metrics, dict) else None
         return cls(
             version=folder.name,
             path=folder,
@@ -91,7 +96,16 @@ class ModelInfo:
             validation_dice=None if dice is None else float(dice),
             training_cases=list(meta.get("training_cases", [])),
             read_only=read_only,
+            problem=problem,
         )
+
+
+def default_library_path(settings_file=None) -> Path:
+    """Case library folder when none is configured: beside the given application settings file
+    (Slicer's user settings), else in the home folder."""
+    if settings_file:
+        return Path(settings_file).parent / "LiverTumorSeg" / "library"
+    return Path.home() / ".livertumorseg" / "library"
 
 
 def now_iso() -> str:
@@ -142,12 +156,12 @@ def read_case_folder(folder: Path) -> tuple[Volume, Volume]:
     map covers only part of the CT (the unlabelled part would be trained as background)."""
     import warnings
 
-    from . import images as lio
+    from . import images
 
     folder = Path(folder)
-    image = lio.read_image(folder / "image.nrrd")
+    image = images.read_image(folder / "image.nrrd")
     label_path = folder / "label.nrrd"
-    labels = lio.read_labels(label_path, reference=image)
+    labels = images.read_labels(label_path, reference=image)
     values = np.unique(labels.array)
     other = [int(v) for v in values if int(v) not in CASE_LABELS]
     if other:
@@ -155,7 +169,7 @@ def read_case_folder(folder: Path) -> tuple[Volume, Volume]:
             f"{label_path} has label values {', '.join(map(str, other))}; training labels are 0 background, 1 liver, "
             "2 tumor: relabel it (or re-add the case from Slicer)"
         )
-    covered = lio.coverage_of(label_path, image)
+    covered = images.coverage_of(label_path, image)
     if covered.mean() < 0.995:  # (resampling may miss an edge voxel of a same-space grid)
         slices = np.flatnonzero(covered.any(axis=(1, 2)))
         where = f"slices {slices[0]}-{slices[-1]} of the CT's 0-{image.shape[0] - 1}" if slices.size else "none of the CT"
@@ -168,7 +182,7 @@ def read_case_folder(folder: Path) -> tuple[Volume, Volume]:
 
 def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -> None:
     """Write one case folder atomically (temp folder + rename); refuses to replace an existing one."""
-    from . import images as lio
+    from . import images
 
     folder = Path(folder)
     if folder.exists():
@@ -177,8 +191,8 @@ def write_case_folder(folder: Path, image: Volume, labels: Volume, meta: dict) -
         raise InputError("the label map is not on the CT's grid; resample it to the CT first")
     tmp = make_temp_dir(folder)  # the umask's permissions: a case library may be shared
     try:
-        lio.write_image(image, tmp / "image.nrrd")
-        lio.write_labelmap(labels, tmp / "label.nrrd")
+        images.write_image(image, tmp / "image.nrrd")
+        images.write_labelmap(labels, tmp / "label.nrrd")
         write_json_atomic(tmp / "case.json", meta)
         os.replace(tmp, folder)
     finally:

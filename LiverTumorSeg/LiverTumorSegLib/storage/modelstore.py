@@ -13,6 +13,7 @@ half-written version, and an existing folder is refused rather than overwritten.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -113,14 +114,12 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
         network = build_network(payload["spec"])
         network.load_state_dict(payload["state_dict"])
         features = FeatureSettings.from_dict(payload["feature_settings"])
+    except ModelError as exc:  # a setting this version no longer runs: the message says what to do
+        raise ModelError(f"{weights}: {exc}") from exc
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{weights} does not match its network description ({exc}); retrain the model") from exc
     network.eval()
-    meta_path = weights.parent / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    except (OSError, ValueError):
-        meta = {}
+    meta, _ = read_model_json(weights.parent)
     meta["version"] = weights.parent.name
     return TrainedModel(
         network=network,
@@ -130,6 +129,57 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
         min_lesion_mm3=float(payload["min_lesion_mm3"]),
         meta=meta,
     )
+
+
+def read_model_json(folder: str | os.PathLike) -> tuple[dict, str]:
+    """(metadata, problem) of a model folder's model.json: the one reader of that file.
+
+    model.json only describes a version (the weights are in model.pt), so a missing, unreadable or
+    malformed one never stops a model from being listed or used: the metadata is then {} and
+    `problem` says what is wrong and how to fix it ("" when the file is fine or simply absent).
+    """
+    path = Path(folder) / META_FILE
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, ""
+    except (OSError, ValueError) as exc:
+        return {}, f"{path} is not readable JSON ({exc}); fix or delete that file"
+    if not isinstance(value, dict):
+        return {}, f"{path} does not hold a JSON object; fix or delete that file"
+    return value, ""
+
+
+def finite_number(value) -> float | None:
+    """A metadata value as a finite float, None when it is missing, not a number, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parent_check_warning(meta: dict) -> str:
+    """One line when a model version scored worse than its parent ("worse than v001 on v001's
+    validation cases: Dice 0.550 against 0.620"), "" when it did not or `meta` says nothing usable.
+
+    Read from model.json's `parent_check` (training's parent check: "parent", "worse_than_parent",
+    "parent_validation_dice", "child_on_parent_validation_dice", "worse_on", "user_validation").
+    """
+    check = meta.get("parent_check") if isinstance(meta, dict) else None
+    if not isinstance(check, dict) or check.get("worse_than_parent") is not True:
+        return ""
+    parent = str(check.get("parent") or "its parent")
+    worse_on = check.get("worse_on")
+    if not (isinstance(worse_on, list) and worse_on and all(isinstance(w, str) for w in worse_on)):
+        worse_on = [f"{parent}'s validation cases"]
+    child, before = finite_number(check.get("child_on_parent_validation_dice")), finite_number(check.get("parent_validation_dice"))
+    if worse_on == ["your validation"]:  # the numbers that made it worse
+        user = check.get("user_validation") if isinstance(check.get("user_validation"), dict) else {}
+        child, before = (finite_number((user.get(w) or {}).get("dice")) if isinstance(user.get(w), dict) else None
+                         for w in ("child", "parent"))
+    numbers = f": Dice {child:.3f} against {before:.3f}" if child is not None and before is not None else ""
+    return f"worse than {parent} on {' and '.join(worse_on)}{numbers}"
 
 
 def default_model_path() -> Path:

@@ -30,8 +30,7 @@ class PatchSettings:
     augmentation ranges. intensity_scale: +- relative gain on every channel; intensity_shift_hu:
     +- offset (HU) on the intensity channels, converted to each channel's units. polarity_flip:
     probability of mirroring a patch's intensities about the liver level (see polarity_plan); off
-    by default: at 0.25 it found few hyperdense tumors, false lesions deep in the liver
-    multiplied, and per-case Dice fell by half (benchmarks/RESULTS.md, method changes)."""
+    by default (benchmarks/RESULTS.md, method changes)."""
 
     size: int = 32
     fractions: tuple = (0.3, 0.25, 0.25, 0.2)
@@ -54,22 +53,19 @@ class CaseSampler:
 
     features (C, z, y, x) float32, tumor and liver (z, y, x) bool; `hu_per_unit` gives, per
     intensity channel, how many HU one unit is (None for Hessian channels, which get no offset).
-    `allowed` (z, y, x) bool restricts the centres (a validation region left out).
-    `tumor_weight` (z, y, x) float32 or None: the loss weight of each tumor voxel (lesion_weights;
-    liver voxels weigh 1, outside the liver 0).
+    `allowed` (z, y, x) bool restricts the centres (a validation region left out). The loss
+    weight is 1 inside the liver and on tumors, 0 elsewhere.
     """
 
-    def __init__(self, features, tumor, liver, hu_per_unit, allowed=None, hard_channel=None, flip_plan=None, tumor_weight=None):
+    def __init__(self, features, tumor, liver, hu_per_unit, allowed=None, hard_channel=None, flip_plan=None):
         # One (C + 2) stack so a patch is one crop: features, then target, then loss weight.
         weight = (liver | tumor).astype(np.float32)
-        if tumor_weight is not None:
-            weight = np.where(tumor, np.maximum(tumor_weight, 1.0), weight).astype(np.float32)
         self._stack = np.concatenate([features, tumor[None].astype(np.float32), weight[None]])
         self.shape = tuple(tumor.shape)
         self.hu_per_unit = list(hu_per_unit)
         self.flip_plan = flip_plan
         region = liver if allowed is None else (liver & allowed)
-        components, count = ndimage.label(tumor & region, structure=np.ones((3, 3, 3), bool))
+        components, count = label_lesions(tumor & region)
         order = np.argsort(components, axis=None, kind="stable")
         sizes = np.bincount(components.ravel(), minlength=count + 1)
         starts = np.cumsum(sizes)
@@ -131,25 +127,6 @@ class CaseSampler:
         # Voxels mostly outside the liver (after resizing) weigh 0, the rest at least 1.
         weight = np.where(weight >= 0.5, np.maximum(weight, 1.0), 0.0)
         return np.ascontiguousarray(x), np.ascontiguousarray(target), np.ascontiguousarray(weight, dtype=np.float32)
-
-
-def lesion_weights(tumor: np.ndarray, spacing_mm: float, gamma: float, reference_mm: float = 20.0,
-                   smallest_mm: float = 5.0) -> np.ndarray | None:
-    """Loss weight per tumor voxel, (reference_mm / d) ** (3 * gamma) for a tumor of equivalent
-    diameter d (mm), clipped to [1, (reference_mm / smallest_mm) ** (3 * gamma)]; None when gamma is 0.
-
-    Voxel losses let one 60 mm tumor outweigh a 6 mm one a thousand-fold: the shipped model never
-    fitted the 6-8 mm tumors it was trained on (benchmarks/RESULTS.md). gamma = 1 gives every tumor
-    under reference_mm the total weight of a reference_mm one (each lesion counts, as in
-    instance-balanced losses); 0.5 goes half way."""
-    if gamma <= 0 or not tumor.any():
-        return None
-    components, count = label_lesions(tumor)
-    volume_mm3 = np.bincount(components.ravel(), minlength=count + 1).astype(np.float64) * spacing_mm**3
-    diameter = np.cbrt(6.0 * np.maximum(volume_mm3, 1e-6) / np.pi)
-    per_component = np.clip((reference_mm / diameter) ** (3.0 * gamma), 1.0, (reference_mm / smallest_mm) ** (3.0 * gamma))
-    per_component[0] = 1.0
-    return per_component[components].astype(np.float32)
 
 
 def polarity_plan(channel_names) -> tuple | None:

@@ -1,7 +1,7 @@
 """Rehearsal data for Retrain: what the default model learned from, regenerated, never stored.
 
 Fine-tuning on one radiologist's few cases raised small-tumor recall there but made the model
-over-call on other CTs (METHOD.md, "What the first measurements taught"): it forgot. So
+over-call on other CTs: it forgot (benchmarks/RESULTS.md, "What a radiologist gets"). So
 fine-tuning replays phantoms made by the default model's own recipe (phantom.py) beside the
 user's cases, and every new version is scored, next to its parent, on a separate check set made
 by the same recipe from seeds that no training uses. Both sets are generated deterministically

@@ -3,15 +3,14 @@
 Inside one training run, within the same step budget as `fixed` or `off`:
 
 1. trunk: the first `TRUNK_SHARE` (60 %) of the steps train on the real cases plus every
-   candidate's synthetic cases (a neutral mix: no candidate is the trunk's own mix continued; a
-   first version trained the trunk on the fixed mix and every fork that changed the mix paid for
-   the switch). The forks start late, from a model that segments: a second version forked at
-   35 %, where held-out Dice ranged from 0.04 to 0.95 and the forks' order changed from seed to
-   seed (benchmarks/RESULTS.md);
+   candidate's synthetic cases (a neutral mix: no candidate is the trunk's own mix continued,
+   so no fork pays for a switch). The forks start late, from a model that already segments:
+   earlier, held-out Dice is too noisy to rank them (benchmarks/RESULTS.md, "Synthesis steered
+   by the segmenter");
 2. forks: from the trunk's weights, optimiser and EMA, each candidate (`default_candidates`: off,
    fixed, and the family's small-and-hyperdense member at 2 copies per real case, the
-   synthetic-to-real ratio) trains `fork` steps on its own data mix; the search costs
-   (candidates - 1) x fork steps, `synthesis_search_share` of the budget (16 %);
+   synthetic-to-real ratio) trains `fork` steps on its own data mix (loop.Run.fork); the search
+   costs (candidates - 1) x fork steps, `synthesis_search_share` of the budget (16 %);
 3. score: each fork (a short EMA of its weights) is scored on the held-out *real* validation
    pieces only (never on synthetic data): 0.5 x (voxel Dice at the best threshold + lesion F1);
 4. choose (the guard, below), then the winner's fork continues for the rest of the budget.
@@ -26,23 +25,22 @@ whole validation (then `off` is taken). model.json records every candidate's sco
 leave-one-out choices and whether the unguarded best would have changed with any one tumor left
 out (`stable_under_leave_one_out`), which is how often the search would have followed one piece.
 """
-
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data.synthesis_family import SynthesisFamily
+from .loop import EMA, Run
+from .validation import validate, validation_pieces
 
 TRUNK_SHARE = 0.6
 MARGIN = 0.01
 MIN_SEARCH_STEPS = 100
 UNIT_MARGIN_MM = 10.0
 FORK_EMA_DECAY = 0.9
-MODES = ("off", "fixed", "auto", "default")
 REFERENCE = "fixed"
 
 
@@ -63,9 +61,8 @@ class Candidate:
 
 def default_candidates() -> list[Candidate]:
     """off, fixed and the small-and-hyperdense family member (2 copies): what the network misses
-    most (small and hyperdense tumors). Three, not four: every candidate more is one more losing
-    fork; the version that also tried a broad family member chose it in 2 of 9 runs, neither
-    better on the test sets (RESULTS.md)."""
+    most (small and hyperdense tumors). Three: every candidate more is one more losing fork
+    (benchmarks/RESULTS.md, "Synthesis steered by the segmenter")."""
     return [
         Candidate("off", 0),
         Candidate(REFERENCE, 1),
@@ -76,10 +73,9 @@ def default_candidates() -> list[Candidate]:
 
 
 def resolve_mode(requested: str, synthetic_copies: int, n_tumors: int) -> tuple[str, str]:
-    """(off | fixed | auto, why). "default": fixed. Auto was meant as the default below
-    30 labelled tumors (the issue's rule), but in benchmarks/synthesis.py (3 seeds) it lost to off at 7
-    tumors on the real CTs in 3 of 3 seeds and to fixed at 28 in 3 of 3, so it is asked for only.
-    synthetic_copies 0 (the older switch) means off unless auto was asked for."""
+    """(off | fixed | auto, why). "default": fixed, whatever the number of tumors (auto measured
+    no better: benchmarks/RESULTS.md, "Synthesis steered by the segmenter"), so auto is asked for
+    only. synthetic_copies 0 means off unless auto was asked for."""
     if requested == "auto":
         return "auto", "asked for"
     if synthetic_copies == 0:
@@ -134,9 +130,7 @@ def _without(pieces: list, unit) -> list:
 
 def score_pieces(pieces: list, split, settings) -> dict:
     """0.5 x (Dice at the best validation threshold + lesion F1 there) over the pieces."""
-    from .train import _validate
-
-    v = _validate(pieces, split, settings)
+    v = validate(pieces, split, settings)
     if v["dice"] is None:
         return {"score": None, "dice": None, "lesion_f1": None, "threshold": v["threshold"]}
     f1 = v["lesion_f1"] or 0.0
@@ -183,71 +177,12 @@ def choose(scores: dict, loo: dict, reference: str = REFERENCE, margin: float = 
 
 # ---- the forked training ---------------------------------------------------------------------
 
-class _Run:
-    """A trainable state that can be forked: network, optimiser, EMA, rng."""
-
-    def __init__(self, network, lr, ema_decay, rng, freeze_bn):
-        import torch
-
-        from .train import _EMA
-
-        self.network, self.lr, self.rng, self.freeze_bn = network, lr, rng, freeze_bn
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-        self.ema = _EMA(network, ema_decay)
-        self.step, self.smoothed = 0, None
-
-    def fork(self, rng) -> "_Run":
-        import torch
-
-        other = copy.copy(self)
-        other.network = copy.deepcopy(self.network)
-        other.optimizer = torch.optim.Adam(other.network.parameters(), lr=self.lr)
-        other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
-        other.ema = copy.deepcopy(self.ema)
-        other.rng = rng
-        return other
-
-    def train(self, samplers, settings, n_steps, deadline, clock, local_ema=None) -> int:
-        """Up to n_steps steps (and never past the deadline); the same step as training._fit."""
-        import torch
-
-        from .patches import draw_batch
-        from .train import dice_bce_loss
-
-        self.network.train()
-        if self.freeze_bn:
-            for module in self.network.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        done = 0
-        while done < n_steps and time.perf_counter() < deadline:
-            clock.check()
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, settings.warmup_steps))
-            x, target, weight = (torch.from_numpy(a) for a in draw_batch(samplers, settings.batch_size, settings.patches, self.rng))
-            loss = dice_bce_loss(self.network(x), target, weight, per_patch=settings.loss == "patch_dice")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.ema.update(self.network, self.step)
-            if local_ema is not None:
-                local_ema.update(self.network, done)
-            self.step += 1
-            done += 1
-            value = float(loss.detach())
-            self.smoothed = value if self.smoothed is None else 0.9 * self.smoothed + 0.1 * value
-            clock.report("train", self.step, settings.max_steps, loss=round(self.smoothed, 4))
-        return done
-
-
 def search_and_fit(network, base_samplers: list, make_samplers, settings, split, prepared, lr, rng, deadline, clock,
-                   freeze_bn: bool = False, candidates: list | None = None):
+                   candidates: list | None = None):
     """Trunk, forks, guarded choice, the winner's rest (module docstring). make_samplers(candidate,
     index) -> that candidate's synthetic CaseSamplers. Returns (EMA network, steps, last loss,
     meta) or None when the budget or the validation cannot carry a search (the caller falls back
     to fixed)."""
-    from .train import _EMA, _validation_pieces
-
     start = time.perf_counter()
     candidates = candidates or default_candidates()
     names = [c.name for c in candidates]
@@ -259,10 +194,10 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
         own = make_samplers(c, k) if c.copies else []
         pools[c.name] = base_samplers + own
         union += [s for s in own if all(s is not u for u in union)]
-    trunk = _Run(network, lr, settings.ema_decay, rng, freeze_bn)
+    trunk = Run(network, lr, settings.ema_decay, rng)
     trunk.train(union, settings, plan["trunk_steps"], deadline, clock)
     if time.perf_counter() >= deadline:  # the time cap, not the plan, ended it: keep what trained
-        return trunk.ema.network, trunk.step, None if trunk.smoothed is None else round(trunk.smoothed, 4), {
+        return trunk.ema.network, trunk.step, trunk.loss, {
             "mode": "auto", "plan": plan, "chosen": None, "candidates": [], "trunk_cases": len(union),
             "why": ("the time cap ran out during the trunk, before any candidate was scored: the trunk's model is kept "
                     "(the real cases and every candidate's synthetic cases)"),
@@ -270,10 +205,10 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
     forks, rows, pieces_by = {}, [], {}
     for k, c in enumerate(candidates):
         run = trunk.fork(np.random.default_rng([settings.seed, 104729, k]))
-        local = _EMA(run.network, FORK_EMA_DECAY)
+        local = EMA(run.network, FORK_EMA_DECAY)
         run.train(pools[c.name], settings, plan["fork_steps"], deadline, clock, local_ema=local)
         forks[c.name] = run
-        pieces_by[c.name] = _validation_pieces(local.network.eval(), prepared, split, clock, stage="synthesis search")
+        pieces_by[c.name] = validation_pieces(local.network.eval(), prepared, split, clock, stage="synthesis search")
     units = validation_units(pieces_by[REFERENCE])
     scores, loo = {}, {}
     for c in candidates:
@@ -297,7 +232,7 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
                            "winner": winner.step},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return winner.ema.network, winner.step, None if winner.smoothed is None else round(winner.smoothed, 4), meta
+    return winner.ema.network, winner.step, winner.loss, meta
 
 
 def describe(synthesis: dict | None) -> str:
