@@ -22,7 +22,7 @@ test: venv
 # run it before a release and when the preview moves).
 PREVIEW_VENV ?= build/venv-preview
 PREVIEW_PY := $(PREVIEW_VENV)/bin/python
-SLICER_TESTS := Testing/test_mrml_bridge.py Testing/test_logic.py Testing/test_module_static.py Testing/test_io.py
+SLICER_TESTS := Testing/test_mrml_bridge.py Testing/test_logic.py Testing/test_module_static.py Testing/test_images.py
 $(PREVIEW_VENV)/.installed: requirements.txt requirements-preview.txt pyproject.toml
 	test -x $(PREVIEW_PY) || $(PYTHON) -m venv $(PREVIEW_VENV)
 	$(PREVIEW_PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt

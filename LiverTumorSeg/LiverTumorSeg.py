@@ -423,7 +423,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showSegmentProgress(self, job) -> None:
         """Stage and step in the bar (e.g. "Network step 12/40"), with the time since the start in the label."""
-        percent, barText, text = rules.segmentProgress(job.latest, job.elapsed, job.stageSpans)
+        words = rules.SegmentWords(reading=_("Segmenting in the background: {t} elapsed"),
+                                   writingBar=_("Writing the result..."), writing=_("Writing the result: {t} elapsed"))
+        percent, barText, text = rules.segmentProgress(job.latest, job.elapsed, job.stageSpans, words)
         if percent is not None:  # None: the CT is still being read (no report yet)
             self.ui.segmentProgressBar.value = percent
             self.ui.segmentProgressBar.setFormat(barText)  # as Slicer's CLI stage bar shows its message

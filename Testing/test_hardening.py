@@ -157,7 +157,7 @@ def run(args, restricted: bool = False, cwd: Path | None = None, umask: int | No
         command = RESTRICT + command
     env = dict(os.environ, PYTHONWARNINGS="default", **(env or {}))
     # Decoded as UTF-8 (what the child writes: tqdm's bar), not by this process's locale, which
-    # GDCM's DICOM writer in test_io resets to "C" for the rest of the session.
+    # GDCM's DICOM writer in test_images resets to "C" for the rest of the session.
     return subprocess.run(command, capture_output=True, encoding="utf-8", cwd=cwd, timeout=timeout, env=env,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
 

@@ -15,6 +15,7 @@ from LiverTumorSegLib.core.lesions import (
     label_lesions,
     lesion_table,
     lesions_to_rows,
+    mask_box,
 )
 from LiverTumorSegLib.storage.lesion_csv import write_lesion_csv
 from LiverTumorSegLib.volume import Volume
@@ -129,3 +130,16 @@ def test_surface_slivers_go_and_blobs_stay_even_at_the_surface():
     again = mask.copy()
     assert drop_surface_slivers(again, liver, spacing, half_thickness_mm=0.5) is again
     np.testing.assert_array_equal(again, mask)
+
+
+def test_mask_box_is_the_voxel_box_of_a_mask_and_none_when_empty():
+    from LiverTumorSegLib.core.features import liver_box
+
+    mask = np.zeros((6, 7, 8), bool)
+    assert mask_box(mask) is None
+    mask[2, 3, 4] = mask[4, 1, 7] = True
+    assert mask_box(mask) == (2, 5, 1, 4, 4, 8)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # what the Logic used before: the liver box without margin
+        mask = rng.random((9, 10, 11)) > 0.97
+        assert mask_box(mask) == liver_box(mask, mask.shape, (1.0, 1.0, 1.0), 0.0)

@@ -1,4 +1,4 @@
-"""metrics.py: LiTS-style metrics against hand-computed values."""
+"""evaluation/metrics.py: LiTS-style metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.evaluation.metrics import equivalent_diameter_mm, evaluate_case, size_bin, summarize
+from LiverTumorSegLib.core.lesions import equivalent_diameter_mm
+from LiverTumorSegLib.evaluation.metrics import evaluate_case, size_bin, summarize
 
 
 def two_lesion_case():

@@ -12,7 +12,7 @@ from LiverTumorSegLib.slicer.rules import SEGMENT_STAGE_SPAN, PanelState, descri
 READY = PanelState(hasCt=True, hasLiverSegment=True, hasModel=True, hasTumor=True, hasProbability=True, caseCount=2,
                    caseSelected=True)
 ACTIONS = (rules.segmentBlockers, rules.correctBlockers, rules.addCaseBlockers, rules.removeCaseBlockers,
-           rules.retrainBlockers, rules.libraryBlockers, rules.thresholdBlockers)
+           rules.openCaseBlockers, rules.retrainBlockers, rules.libraryBlockers, rules.thresholdBlockers)
 
 
 @pytest.mark.parametrize("blockers", ACTIONS)
@@ -26,6 +26,7 @@ def test_an_empty_panel_says_everything_that_is_missing_in_order():
     assert rules.correctBlockers(empty) == [rules.NO_RESULT]
     assert rules.addCaseBlockers(empty) == [rules.NO_CT, rules.NO_LIVER_SEGMENT, rules.NO_TUMOR]
     assert rules.removeCaseBlockers(empty) == [rules.NO_CASE_SELECTED]
+    assert rules.openCaseBlockers(empty) == [rules.NO_CASE_SELECTED]
     assert rules.retrainBlockers(empty) == [rules.NO_CASE]
     assert rules.libraryBlockers(empty) == []  # the library folder needs nothing, only no job
     assert rules.thresholdBlockers(empty) == [rules.NO_PROBABILITY]
@@ -38,6 +39,8 @@ def test_a_running_segment_blocks_what_would_race_it_and_comes_first():
         assert blockers(running) == [rules.SEGMENTING], blockers.__name__
     assert rules.retrainBlockers(running) == [rules.SEGMENTING]
     assert rules.removeCaseBlockers(running) == []  # the case list is not what Segment reads
+    assert rules.openCaseBlockers(running) == [rules.SEGMENTING]  # opening a case replaces Segment's inputs
+    assert rules.openCaseBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING, rules.NO_CASE_SELECTED]
     # While it runs, a missing input is still named after the job (the tooltip's order).
     assert rules.segmentBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING, rules.NO_CT, rules.NO_LIVER,
                                                                    rules.NO_MODEL]
@@ -51,7 +54,8 @@ def test_a_running_retrain_blocks_retrain_and_the_library_folder_only():
     assert rules.libraryBlockers(PanelState(segmenting=True, training=True)) == [rules.SEGMENTING, rules.TRAINING]
     assert rules.retrainBlockers(PanelState(segmenting=True, training=True)) == [rules.TRAINING, rules.SEGMENTING,
                                                                                   rules.NO_CASE]
-    for blockers in (rules.segmentBlockers, rules.correctBlockers, rules.addCaseBlockers, rules.thresholdBlockers):
+    for blockers in (rules.segmentBlockers, rules.correctBlockers, rules.addCaseBlockers, rules.thresholdBlockers,
+                     rules.openCaseBlockers, rules.removeCaseBlockers):
         assert blockers(training) == [], blockers.__name__
 
 
@@ -74,6 +78,15 @@ def test_segment_progress_before_the_first_report_during_the_network_and_while_w
     assert percent == describeProgress({"stage": "network", "step": 3, "total": 12}, SEGMENT_STAGE_SPAN)[0] == 31
     assert rules.segmentProgress({"stage": "done", "step": 1, "total": 1}, 125.0) == (
         100, "Writing the result...", "Writing the result: 2:05 elapsed")
+
+
+def test_segment_progress_in_a_front_ends_own_words():
+    """The Slicer panel passes its translations: the same phases and times, its texts."""
+    words = rules.SegmentWords(reading="Lecture {t}", writingBar="Ecriture...", writing="Ecriture {t}")
+    assert rules.segmentProgress(None, 4.4, words=words) == (None, "", "Lecture 0:04")
+    assert rules.segmentProgress({"stage": "done"}, 125.0, words=words) == (100, "Ecriture...", "Ecriture 2:05")
+    network = {"stage": "network", "step": 3, "total": 12}
+    assert rules.segmentProgress(network, 65.0, words=words) == rules.segmentProgress(network, 65.0)
 
 
 def test_format_minutes():

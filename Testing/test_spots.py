@@ -1,4 +1,4 @@
-"""The spot pass (spots.py): candidates on hand-made livers with known answers, the fitted
+"""The spot pass (core/spots.py): candidates on hand-made livers with known answers, the fitted
 classifier's round trip and determinism, and its place in segment() (one probability map)."""
 
 import numpy as np

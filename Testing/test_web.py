@@ -230,6 +230,12 @@ def test_the_whole_loop_in_the_browser(page, server, case, tmp_path):
     case_id = added.split("Added case ")[1].strip()
     assert "1 case(s)" in page.inner_text("#lts-case-count")
     assert case_id in page.inner_text("#lts-case-list")
+    # Open and Remove follow the shared rules: blocked until a library case is chosen.
+    assert not page.locator("#lts-open-case").is_enabled() and not page.locator("#lts-remove-case").is_enabled()
+    page.locator(".v-select", has=page.locator("#lts-case-select")).locator(".v-field").click()
+    page.locator(".v-overlay .v-list-item", has_text=case_id).first.click()
+    page.wait_for_selector("#lts-remove-case:enabled", timeout=10000)
+    assert page.locator("#lts-open-case").is_enabled()
 
     # Retrain with a tiny budget: a new version appears; Use it, then back to the shipped one.
     page.fill("#lts-train-steps", "2")

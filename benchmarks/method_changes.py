@@ -29,13 +29,13 @@ import numpy as np
 
 import benchcommon as bc
 import small_data as sd
+from LiverTumorSegLib.evaluation.test_sets import held_out_test_sets
 
 # (name, what the step adds, FeatureSettings changes, PatchSettings changes, TrainSettings changes);
 # each entry's changes are added to everything above it in its chain.
 BASE = ("base", "the engine as of issue 8's start (commit 7c569e2): one synthetic copy per case, 2 mm grid", {}, {}, {})
-# Chains whose changes used options removed since (liver_reference "mode", loss "patch_dice",
-# threshold_objective "lesion", fine_hessian_mm, hessian_outside, lesion_weight_gamma,
-# fine_tune_freeze_bn) left with them; their results stay in benchmarks/results and RESULTS.md.
+# Only chains of settings the engine still has: settings measured and not adopted were removed
+# from it (benchmarks/RESULTS.md, "Files moved or deleted in issue 22").
 CHAINS = {
     # Round 1: the issue's hypotheses that are still settings, in the order they were listed.
     "round1": [
@@ -229,14 +229,16 @@ def main(argv=None) -> dict:
     cache_config["chain"] = args.chain
     if args.chain == "retrain":  # its results depend on the shipped weights too
         import hashlib
-
-        from LiverTumorSegLib.storage.modelstore import default_model_path
-
         import json
 
-        spots = json.loads((default_model_path() / "model.json").read_text()).get("spot_detector")
+        from LiverTumorSegLib.storage.modelstore import default_model_path, read_model_json
+
+        meta, problem = read_model_json(default_model_path())
+        if problem:
+            raise SystemExit(f"the default model's model.json: {problem}")
+        spots = meta.get("spot_detector")
         cache_config["default_model"] = hashlib.sha1((default_model_path() / "model.pt").read_bytes()).hexdigest()[:10]
-        if spots:  # the shipped spot pass is part of what is measured (spots.py, scripts/fit_spot_pass.py)
+        if spots:  # the shipped spot pass is part of what is measured (core/spots.py, scripts/fit_spot_pass.py)
             cache_config["default_spot_pass"] = hashlib.sha1(json.dumps(spots, sort_keys=True).encode()).hexdigest()[:10]
     work = (args.work or bc.WORK_DIR / "method_changes") / f"{preset}-{bc.config_key(cache_config)}-engine{sd.engine_hash()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,7 @@ def main(argv=None) -> dict:
                 "test_min_tumors": config["test_min_tumors"], "ref_variants": config["ref_variants"],
                 "small_phantoms": config["small_phantoms"], "small_ref_variants": config["small_ref_variants"],
                 "ref_names": sd.PRESETS[preset if preset == "tiny" else "full"]["ref_names"]}
-    tests = sd.held_out_test_sets(protocol, args.data)
+    tests = held_out_test_sets(protocol, args.data)
     bc.log("test sets: " + ", ".join(f"{n} {len(c)} cases" for n, c in tests.items()))
     runs, floors, training = [], {}, {}
     for seed in config["seeds"]:

@@ -40,15 +40,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 import benchcommon as bc
-# held_out_test_sets and small_tumor_test_set: also read through this module by the benchmarks built on it
-from LiverTumorSegLib.evaluation.test_sets import (FULL_TEST_SETS, count_tumors, held_out_test_sets, phantom_settings,
-                                                    small_tumor_test_set)
+from LiverTumorSegLib.core.lesions import count_lesions
+from LiverTumorSegLib.evaluation.test_sets import FULL_TEST_SETS, held_out_test_sets, phantom_settings
 
 MODELS = ("mhpnet", "mhpnet_no_hessian", "mhpnet_single_scale", "unet3d", "mhpnet_synthetic")
 # The protocol's four networks, all trained on the given cases only; mhpnet_synthetic is the
@@ -146,7 +144,7 @@ def exact_phantom(first_seed: int, n: int, preset: str):
     settings = phantom_settings(preset, n_tumors=(n, n))
     for seed in range(first_seed, first_seed + 200):
         case = make_phantom(seed, settings)
-        if len(case.tumors) == n and count_tumors(case.labels.array) == n:
+        if len(case.tumors) == n and count_lesions(case.labels.array == 2) == n:
             return case, seed
     raise RuntimeError(f"no phantom with exactly {n} tumors in 200 seeds from {first_seed}")
 
@@ -180,8 +178,8 @@ def training_sets(seed: int, config: dict) -> dict[int, list]:
 
 
 def describe_set(cases: list) -> dict:
-    from LiverTumorSegLib.core.lesions import label_lesions
-    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, equivalent_diameter_mm, size_bin
+    from LiverTumorSegLib.core.lesions import equivalent_diameter_mm, label_lesions
+    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, size_bin
 
     diameters = []
     for _, image, labels in cases:

@@ -1,6 +1,6 @@
 """Which small tumors can be seen at all, and which ones the models miss (issue 8 diagnosis).
 
-For every tumor of the held-out small-tumor test set (small_data.small_tumor_test_set, never
+For every tumor of the held-out small-tumor test set (evaluation/test_sets.py small_tumor_test_set, never
 trained on) this measures what a reader has to go on: the tumor's local contrast (median HU
 inside minus the median of a 2-6 mm ring of liver around it), the ring's noise (robust sigma),
 their ratio (contrast-to-noise, CNR), the slice spacing and the distance to the first or last
@@ -24,6 +24,7 @@ from scipy import ndimage
 
 import benchcommon as bc
 import small_data as sd
+from LiverTumorSegLib.evaluation.test_sets import small_tumor_test_set
 
 CNR_BANDS = ((0.0, 1.0, "CNR < 1"), (1.0, 2.0, "CNR 1-2"), (2.0, float("inf"), "CNR >= 2"))
 RING_MM = (2.0, 6.0)
@@ -31,8 +32,8 @@ RING_MM = (2.0, 6.0)
 
 def tumor_visibility(image, labels) -> list[dict]:
     """Per tumor (26-connected component of label 2): size, local contrast, noise, CNR, edge distance."""
-    from LiverTumorSegLib.core.lesions import label_lesions
-    from LiverTumorSegLib.evaluation.metrics import equivalent_diameter_mm, size_bin
+    from LiverTumorSegLib.core.lesions import equivalent_diameter_mm, label_lesions
+    from LiverTumorSegLib.evaluation.metrics import size_bin
 
     lab = labels.array
     liver = lab > 0
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     train = sd.training_sets(0, dict(config, ks=[7]))[7]
     floors = {kind: sd.fit_floor(kind, train)[1] for kind in sd.FLOORS}
     tumors = []
-    for case_id, image, labels in sd.small_tumor_test_set(config, args.data):
+    for case_id, image, labels in small_tumor_test_set(config, args.data):
         liver = labels.array > 0
         rows, components = tumor_visibility(image, labels)
         result = segment(image, liver, model)

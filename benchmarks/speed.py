@@ -3,10 +3,10 @@ training time to a fixed validation Dice, for MHP-Net and the 3D U-Net baseline 
 
 Volumes: one full-size phantom at 0.8 x 0.8 x 2.5 mm (512 x 512, 88 slices, with its liver mask)
 extended in z by mirror-tiling the image (the liver mask stays the phantom's own, as in a long
-scan where the liver is one part of the body), written as .nrrd with io.write_image.
+scan where the liver is one part of the body), written as .nrrd with images.write_image.
 Per (size, model) one fresh subprocess (so ru_maxrss is that size's peak): one warm-up, then
-`repeats` timed runs of read (io.read_image + io.read_liver_mask) -> segment -> write
-(io.write_segmentation .seg.nrrd); medians per stage (SegmentResult.timings plus our read/write).
+`repeats` timed runs of read (images.read_image + images.read_liver_mask) -> segment -> write
+(images.write_segmentation .seg.nrrd); medians per stage (SegmentResult.timings plus our read/write).
 Training time to a fixed validation Dice: runs from scratch with max_steps = chunk_steps x 1, 2,
 4, ... (training is deterministic, so each is the start of the longer one); the first run whose
 validation Dice reaches the target gives the time (its own wall time, preparation included).
@@ -387,10 +387,10 @@ def main(argv=None) -> dict:
         "machine_after": bc.machine(),
         "volume": {"matrix": config["matrix"], "spacing_xyz_mm": [SPACING_XYZ[0] * 512 / config["matrix"]] * 2 + [SPACING_XYZ[2]],
                    "source": "full-size phantom (seed 42, 88 slices), mirror-tiled in z; liver mask = the phantom's liver"},
-        "stages": {"read_s": "io.read_image + io.read_liver_mask", "crop_resample_s/normalize_s/hessian_s": "prepare_case",
+        "stages": {"read_s": "images.read_image + images.read_liver_mask", "crop_resample_s/normalize_s/hessian_s": "prepare_case",
                    "network_s": "network over the liver box incl. tile stitching", "to_input_grid_s": "probability back to the CT grid",
                    "threshold_s": "threshold + speck removal", "lesions_s": "lesion table",
-                   "write_s": "io.write_segmentation (.seg.nrrd)"},
+                   "write_s": "images.write_segmentation (.seg.nrrd)"},
         "training_to_target": training,
         "segment": segment_rows,
         "command_line": command_line,

@@ -12,8 +12,8 @@ itself on its few held-out tumors.
 Resumable: each finished (mode, K, seed) is cached under benchmarks/work/synthesis/<config key>/
 (the engine hash of every run is recorded, not keyed: a cache left from an older engine must be
 moved aside by hand). Writes <out>/synthesis.json and <out>/synthesis.png. The results of earlier
-versions of auto (engine 777001f, before the spot pass) are kept in
-results/archive_synthesis_auto_v2_engine777001f.json.
+versions of auto (engine 777001f, before the spot pass) are in
+results/archive_synthesis_auto_v2_engine777001f.json (git history, 4bb0d3c).
 
     python benchmarks/synthesis.py --ks 7 --seeds 0 1 --threads 1          # what ran this round
     python benchmarks/synthesis.py --ks 7 14 28 --seeds 0 1 2 --threads 1  # the full grid
@@ -31,6 +31,7 @@ import numpy as np
 import benchcommon as bc
 import method_changes as mc
 import small_data as sd
+from LiverTumorSegLib.evaluation.test_sets import held_out_test_sets
 
 MODES = ("off", "fixed", "auto")
 FULL_KS = (7, 14, 28)
@@ -247,7 +248,7 @@ def main(argv=None) -> dict:
         # Training sets are always built for the full grid's K (nested per seed), so a run of one K
         # trains on the same cases as it would in the full grid.
         proto = protocol(config, sorted(set(ks) | (set(FULL_KS) if preset == "full" else set())))
-        tests = sd.held_out_test_sets(proto, args.data)
+        tests = held_out_test_sets(proto, args.data)
         bc.write_json(work / "test_sets.json", {n: sd.describe_set(c) for n, c in tests.items()})
         bc.log("test sets: " + ", ".join(f"{n} {len(c)} cases" for n, c in tests.items()))
         sets = {}

@@ -1,6 +1,6 @@
 """Rebuild the shipped default model, Resources/Models/default, reproducibly (`make model`).
 
-Training data, all synthetic: full-size abdominal phantoms (phantom.py), some holding only
+Training data, all synthetic: full-size abdominal phantoms (data/phantom.py), some holding only
 5-20 mm tumors, and tumors synthesised into the real abdominal CTs that the `totalsegmentator`
 source distribution ships (Testing/Data/totalsegmentator; Hu et al. 2023 recipe), some of them
 small. After training, the model is evaluated on held-out phantoms, held-out synthetic tumors
@@ -71,6 +71,7 @@ def held_out_evaluation(model, train, full) -> dict:
     return {
         "phantoms (5, seeds 900-904)": evaluate(model, list(phantom_cases(range(900, 905), full)), floor),
         "synthetic tumors in real CT (2 CTs x seeds 91, 92)": evaluate(model, list(synthetic_real_cases((91, 92))), floor),
+        # The key names the set's old home (now evaluation/test_sets.py); kept, as the shipped model.json uses it.
         "small-tumor test set (benchmarks/small_data.py small_tumor_test_set)": evaluate(model, small_tumors, floor),
         "threshold_floor_hu": floor.threshold_hu,
     }

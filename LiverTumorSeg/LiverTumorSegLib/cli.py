@@ -2,7 +2,7 @@
 
 Bad input prints one line naming the problem and the fix, and exits with code 2, with nothing
 written: every output path is checked (type, writable, not an input, not another output, not an
-existing file unless --overwrite) before any work, and the outputs of one run are written to
+existing file unless --overwrite; cli_outputs.py) before any work, and the outputs of one run are written to
 temps and renamed into place together at the end, so there are all of them or none.
 """
 
@@ -23,11 +23,10 @@ from pathlib import Path
 from .errors import Cancelled, InputError
 from .training.settings import TrainSettings  # light: the train help reads its defaults
 from .protocol import ERROR_PREFIX, PROGRESS_JSON, WARNING_PREFIX, progress_line
+from .cli_outputs import IMAGE_SUFFIXES, check_distinct, check_output, make_progress_printer
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
-IMAGE_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")  # single files: one rename covers them (not .mhd + .raw)
-LABEL_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
 # A case library is locked against a second `train` on it (a killed run's file does not block).
 TRAIN_LOCK = ".livertumorseg-train.lock"
 
@@ -154,48 +153,6 @@ def one_line(exc: Exception) -> str:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES, option: str = "--out") -> Path | None:
-    """Refuse outputs that would replace a user's file, that no reader would recognise, or that
-    cannot be written (read-only folder, a file where a folder should be, an existing folder)."""
-    from .storage.fsutil import unwritable_reason
-
-    if path is None:
-        return None
-    out = Path(path)
-    if not str(out).lower().endswith(tuple(suffixes)):
-        raise InputError(f"{option} {out}: unknown output type; use one of {', '.join(suffixes)}")
-    if out.is_dir():
-        raise InputError(f"{option} {out} is an existing folder; give a file name for the output, not a folder")
-    if out.exists() and not overwrite:
-        raise InputError(f"{option} {out} already exists; choose another name or pass --overwrite")
-    reason = unwritable_reason(out)
-    if reason:
-        raise InputError(f"{option} {out} cannot be written: {reason}; choose a folder you can write to")
-    return out
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
-def check_distinct(outputs: dict, inputs: dict) -> None:
-    """No output may be another output or one of the inputs (even with --overwrite: the CT or
-    mask being read would be replaced by the result)."""
-    named = [(option, path) for option, path in outputs.items() if path is not None]
-    for i, (option, path) in enumerate(named):
-        for other, other_path in named[:i]:
-            if _same_file(path, other_path):
-                raise InputError(f"{other} and {option} are the same file {path}; give each output its own name")
-        for what, source in inputs.items():
-            if source is not None and _same_file(path, Path(source)):
-                raise InputError(f"{option} {path} is the {what} being read; write the result to a new file")
-
-
 def load_model_arg(path: str | None):
     from .storage.modelstore import default_model_path, load_model
 
@@ -203,7 +160,7 @@ def load_model_arg(path: str | None):
 
 
 def tumor_mask(found, labels: str = "auto", role: str = "prediction") -> "np.ndarray":  # noqa: F821
-    """Tumor voxels of labels read with io.read_labels_kind. A Slicer segmentation: its tumor
+    """Tumor voxels of labels read with storage.images.read_labels_kind. A Slicer segmentation: its tumor
     segments (label 2). A label map: "lits" = label 2; "mask" = any nonzero voxel; "auto" = label
     2 when present; else, for a prediction, any nonzero voxel (this tool's labelmaps are 1 =
     tumor); for a truth with only 0/1, refused: a tumor mask and a tumor-free LiTS case (1 =
@@ -234,39 +191,6 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def make_progress_printer(as_json: bool):
-    """A progress callback: JSON lines for the Slicer module, a tqdm bar for people."""
-    if as_json:
-        def report(info: dict) -> None:
-            print(progress_line(info), flush=True)
-        return report, lambda: None
-
-    from tqdm import tqdm
-
-    bars: dict = {}
-
-    def report(info: dict) -> None:
-        stage = info.get("stage", "")
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bars.clear()
-            bar = bars[stage] = tqdm(total=info.get("total") or None, desc=stage, unit="step", dynamic_ncols=True)
-        if info.get("total"):
-            bar.total = info["total"]
-        bar.n = int(info.get("step", bar.n))
-        if "loss" in info and info["loss"] is not None:
-            bar.set_postfix(loss=f"{info['loss']:.3f}", refresh=False)
-        bar.refresh()
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.close()
-
-    return report, close
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -333,15 +257,10 @@ def read_ct_and_liver(image_path, liver_path):
 
 def check_memory(image, liver, model) -> None:
     """Refuse up front a segmentation that would not fit in the free memory (memory.py)."""
-    from .storage.memory import memory_problem
-    from .core.features import liver_box
+    from .storage.memory import segment_memory_problem
 
     settings = model.feature_settings
-    box = None
-    if liver is not None:
-        z0, z1, y0, y1, x0, x1 = liver_box(liver, image.shape, image.spacing_zyx, settings.margin_mm)
-        box = (z1 - z0, y1 - y0, x1 - x0)
-    problem = memory_problem(image.shape, image.spacing_zyx, box, work_mm=settings.spacing_mm)
+    problem = segment_memory_problem(image, liver, settings.margin_mm, settings.spacing_mm)
     if problem:
         raise InputError(problem)
 

@@ -26,7 +26,7 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
     from .storage import images
     from .evaluation.floors import fit_threshold_baseline
     from .storage.library import CaseLibrary, find_case_folders
-    from .storage.modelstore import default_model_path, load_model, save_model
+    from .storage.modelstore import default_model_path, load_model, parent_check_warning, save_model
     from .data.phantom import PhantomSettings, write_phantom_cases
     from .training.train import TrainSettings, train_model
 
@@ -89,9 +89,9 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(story_table(report))
     check = model.meta.get("parent_check") or {}
-    if check.get("worse_than_parent"):
-        print(f"The new model {version.name} scored more than {check['tolerance']} Dice below the default model on "
-              f"{' and '.join(check['worse_on'])}: Slicer marks it 'worse than parent'; keep the default model.")
+    warning = parent_check_warning(model.meta)
+    if warning:
+        print(f"The new model {version.name} is {warning} (Slicer marks it 'worse than parent'); keep the default model.")
     elif check:
         print(f"The new model {version.name} is not worse than the default model on the check set or your validation case.")
     print(f"Open {out / (name + '_ct.nrrd')} and {out / (name + '_tumor.seg.nrrd')} in 3D Slicer; overlay: {png}")
@@ -164,8 +164,7 @@ def write_overlay_png(path: Path, image, truth: np.ndarray, pred: np.ndarray, be
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .core.lesions import label_lesions
-    from .core.lesions import equivalent_diameter_mm
+    from .core.lesions import equivalent_diameter_mm, label_lesions
 
     z_most = int(np.argmax(truth.sum(axis=(1, 2)))) if truth.any() else image.shape[0] // 2
     panels = [(z_most, f"slice {z_most}: most tumor")]

@@ -111,6 +111,7 @@ class LiverTumorSegWebApp(TrameApp):
         self.slicer.segmentation_editor.segmentation_modified.connect(self._onSegmentationModified)
         self.slicer.segmentation_editor.set_surface_representation_enabled(True)  # segments in 3D, as the Logic shows them
         self._initState()
+        self.state.change("lts_case")(self._onCaseChosen)
         self._buildUi()
         self._refreshModels()
         self._refreshCases()
@@ -133,6 +134,7 @@ class LiverTumorSegWebApp(TrameApp):
         s.lts_training, s.lts_train_percent, s.lts_train_text = False, 0, ""
         s.lts_train_minutes, s.lts_train_steps = 5, ""
         s.lts_can_segment = s.lts_has_result = s.lts_can_add = s.lts_can_train = False
+        s.lts_can_open = s.lts_can_remove = False
         s.lts_segment_tip = s.lts_add_tip = s.lts_train_tip = ""
 
     def _say(self, text: str, kind: str = "info") -> None:
@@ -157,9 +159,17 @@ class LiverTumorSegWebApp(TrameApp):
                                ("train", rules.retrainBlockers)):
             missing = [REASONS[reason] for reason in blockers(state)]
             s[f"lts_can_{name}"], s[f"lts_{name}_tip"] = not missing, "; ".join(missing)
-        s.lts_has_result = not rules.correctBlockers(state)  # the editor, the slider and the downloads
+        # The editor, the slider and the downloads. The slider needs no probability rule of its own
+        # (the panel's thresholdBlockers): the page's only results come from its own Segment, which
+        # always keeps the probability map, while the panel may hold a result loaded without one.
+        s.lts_has_result = not rules.correctBlockers(state)
+        s.lts_can_open, s.lts_can_remove = not rules.openCaseBlockers(state), not rules.removeCaseBlockers(state)
         s.lts_segmenting, s.lts_training = state.segmenting, state.training
         self._showTumorStatus()
+
+    def _onCaseChosen(self, **_state) -> None:
+        """The case list's selection changed (in the page or by a refresh): Open and Remove follow it."""
+        self._checkCanApply()
 
     def _showTumorStatus(self) -> None:
         tumorId = self.logic.tumorSegmentId(self.output)
@@ -564,8 +574,8 @@ class LiverTumorSegWebApp(TrameApp):
                 html.Div("Liver: {{ lts_liver_name || 'none' }}", classes="text-caption", id="lts-liver-name")
                 with html.Div(classes="d-flex align-center mt-1"):
                     v3.VSelect(label="or a library case", items=("lts_cases",), v_model=("lts_case",), density="compact",
-                               hide_details=True)
-                    v3.VBtn("Open", click=self.onOpenCase, disabled=("!lts_case || lts_segmenting",), classes="ml-1",
+                               hide_details=True, id="lts-case-select")
+                    v3.VBtn("Open", click=self.onOpenCase, disabled=("!lts_can_open",), classes="ml-1",
                             id="lts-open-case")
 
     def _segmentCard(self, ctrl) -> None:
@@ -620,7 +630,7 @@ class LiverTumorSegWebApp(TrameApp):
                 v3.VTextField(label="Notes for the case", v_model=("lts_notes",), density="compact", hide_details=True)
                 with html.Div(classes="d-flex mt-1"):
                     v3.VBtn("Add case", click=self.onAddCase, disabled=("!lts_can_add",), id="lts-add-case")
-                    v3.VBtn("Remove selected case", click=self.onRemoveCase, disabled=("!lts_case",), classes="ml-2",
+                    v3.VBtn("Remove selected case", click=self.onRemoveCase, disabled=("!lts_can_remove",), classes="ml-2",
                             size="small", id="lts-remove-case")
                 html.Div("{{ lts_cases.length }} case(s) in the library", classes="text-caption mt-1", id="lts-case-count")
                 with html.Div(classes="text-caption", id="lts-case-list"):

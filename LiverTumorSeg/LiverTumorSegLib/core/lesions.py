@@ -15,6 +15,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ..volume import Volume
+from .geometry import depth_below_surface_mm
 
 # Pixel corner offsets (y, x) around a pixel centre, in voxels.
 _CORNERS = ((-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5))
@@ -55,6 +56,23 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of a (z, y, x) mask: int32 labels 1..n (0 background) and n."""
     labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3), dtype=bool))
     return labels.astype(np.int32, copy=False), int(count)
+
+
+def count_lesions(mask: np.ndarray) -> int:
+    """Number of 26-connected lesions in a (z, y, x) mask."""
+    return label_lesions(mask)[1]
+
+
+def mask_box(mask: np.ndarray) -> tuple | None:
+    """Index box (z0, z1, y0, y1, x0, x1) of a (z, y, x) bool mask's voxels, ends exclusive; None
+    when the mask is empty."""
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        box += [int(hits[0]), int(hits[-1]) + 1]
+    return tuple(box)
 
 
 def label_in_bounding_box(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, int]:
@@ -112,11 +130,11 @@ def drop_surface_slivers(
         inside = np.zeros([p.stop - p.start for p in padded], dtype=bool)
         core = tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(box, padded))
         inside[core] = components[local] == value
-        half_thickness = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=spacing).max()
+        half_thickness = depth_below_surface_mm(inside, spacing).max()
         if half_thickness >= half_thickness_mm:
             continue
         # Distance to the region's outside; the crop's own border is not a boundary.
-        to_surface = ndimage.distance_transform_edt(np.asarray(region[padded], dtype=bool), sampling=spacing)
+        to_surface = depth_below_surface_mm(region[padded], spacing, edge_is_surface=False)
         if np.mean(to_surface[inside] <= surface_mm) >= SLIVER_SURFACE_FRACTION:
             mask[padded][inside] = False
     return mask

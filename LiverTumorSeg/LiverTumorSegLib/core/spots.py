@@ -25,7 +25,6 @@ Pure numpy / scipy: a few dozen numbers in model.json, no weights file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage

@@ -36,10 +36,10 @@ from ..volume import Volume
 from .phantom_anatomy import draw_grid_and_body, paint_anatomy
 from .phantom_canvas import Canvas
 from .phantom_lesions import liver_depth_map, place_cysts, place_tumors
-from .phantom_settings import AIR_HU, HU_CLIP, TUMOR_KINDS, PhantomSettings
+from .phantom_settings import AIR_HU, HU_CLIP, PhantomSettings
 
-__all__ = ["AIR_HU", "HU_CLIP", "TUMOR_KINDS", "PhantomCase", "PhantomSettings", "case_seeds", "make_phantom",
-           "write_phantom_cases"]
+# PhantomSettings: where callers import it from
+__all__ = ["PhantomCase", "PhantomSettings", "case_seeds", "make_phantom", "write_phantom_cases"]
 
 
 @dataclass

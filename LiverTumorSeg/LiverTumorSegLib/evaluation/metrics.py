@@ -87,7 +87,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return None if denominator == 0 else numerator / denominator
 
 
-def _f1(precision: float | None, recall: float | None, n_pred: int, n_true: int) -> float | None:
+def lesion_f1(precision: float | None, recall: float | None, n_pred: int, n_true: int) -> float | None:
     """F1 of lesion detection; None with no lesions on either side, 0 when one side is empty."""
     if n_pred == 0 and n_true == 0:
         return None
@@ -120,7 +120,7 @@ def evaluate_case(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict:
         "pred_lesions_matched": det["matched"],
         "lesion_precision": precision,
         "lesion_recall": recall,
-        "lesion_f1": _f1(precision, recall, det["n_pred"], det["n_true"]),
+        "lesion_f1": lesion_f1(precision, recall, det["n_pred"], det["n_true"]),
         "assd_mm": None if distances is None else float(distances.mean()),
         "hd95_mm": None if distances is None else float(np.percentile(distances, 95)),
         "rvd": None if n_t == 0 else (n_p - n_t) / n_t,
@@ -161,7 +161,7 @@ def summarize(cases: list[dict]) -> dict:
         "lesion_f1_mean": _mean(case["lesion_f1"] for case in cases),
         "lesion_precision_pooled": pooled_p,
         "lesion_recall_pooled": pooled_r,
-        "lesion_f1_pooled": _f1(pooled_p, pooled_r, n["n_pred_lesions"], n["n_true_lesions"]),
+        "lesion_f1_pooled": lesion_f1(pooled_p, pooled_r, n["n_pred_lesions"], n["n_true_lesions"]),
         "hd95_mm_mean": _mean(case["hd95_mm"] for case in cases),
         "assd_mm_mean": _mean(case["assd_mm"] for case in cases),
         "rvd_mean": _mean(case["rvd"] for case in cases),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.lesions import label_lesions
+from ..core.lesions import count_lesions
 from ..data.phantom import PhantomSettings, make_phantom
 from ..data.synthesis import synthesize_tumors
 from ..errors import InputError
@@ -62,18 +62,13 @@ def phantom_settings(name: str, **overrides) -> PhantomSettings:
     return getattr(PhantomSettings, name)(**overrides)
 
 
-def count_tumors(labels: np.ndarray) -> int:
-    """Tumors in a 0/1/2 label array: 26-connected components of label 2."""
-    return int(label_lesions(labels == 2)[1])
-
-
 def phantom_test_set(config: dict) -> list:
     """[(case_id, image, labels)]: at least test_cases cases and test_min_tumors tumors."""
     settings = phantom_settings(config["phantom"], n_tumors=tuple(config["test_tumors"]))
     out, tumors, seed = [], 0, 5_000_000
     while len(out) < config["test_cases"] or tumors < config["test_min_tumors"]:
         case = make_phantom(seed, settings)
-        n = count_tumors(case.labels.array)
+        n = count_lesions(case.labels.array == 2)
         if n > 0:
             out.append((f"test_phantom{seed}", case.image, case.labels))
             tumors += n
@@ -92,7 +87,7 @@ def reference_test_set(config: dict, data_dir: Path) -> list:
         for v in range(config["ref_variants"]):
             seed = 7_000_000 + 100 * i + v
             img, labels, _tumors = synthesize_tumors(image, liver, seed, n_tumors=tuple(config["ref_tumors"]))
-            if count_tumors(labels.array) > 0:
+            if count_lesions(labels.array == 2) > 0:
                 out.append((f"{name}_synth{v}", img, labels))
     return out
 
@@ -108,7 +103,7 @@ def small_tumor_test_set(config: dict, data_dir: Path) -> list:
     out, seed = [], 8_000_000
     while sum(c[0].startswith("small_phantom") for c in out) < config["small_phantoms"]:
         case = make_phantom(seed, settings)
-        if count_tumors(case.labels.array) > 0:
+        if count_lesions(case.labels.array == 2) > 0:
             out.append((f"small_phantom{seed}", case.image, case.labels))
         seed += 1
     for i, (name, image, liver) in enumerate(load_reference_cases(data_dir)):
@@ -117,7 +112,7 @@ def small_tumor_test_set(config: dict, data_dir: Path) -> list:
         for v in range(config["small_ref_variants"]):
             img, labels, _ = synthesize_tumors(image, liver, 9_000_000 + 100 * i + v, n_tumors=(3, 6), radius_mm=(2.5, 7.5),
                                                delta_hu=(40.0, 120.0), hyper_fraction=0.25, edge_sigma_mm=(0.5, 1.5))
-            if count_tumors(labels.array) > 0:
+            if count_lesions(labels.array == 2) > 0:
                 out.append((f"{name}_small{v}", img, labels))
     return out
 

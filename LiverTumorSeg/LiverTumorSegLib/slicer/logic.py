@@ -33,9 +33,8 @@ from ..storage.library import CaseLibrary, ModelInfo, default_library_path  # no
 from ..volume import Volume
 from .jobs import SegmentJob, SegmentThreadJob, backgroundThreads, childEnvironment, packageParent, pythonExecutable
 from .models import ModelVersions
-from .results import (  # noqa: F401 - the attributes are part of what scripts and the front ends read
-    MIN_LESION_ATTRIBUTE, MODEL_ATTRIBUTE, PROBABILITY_MAP_ATTRIBUTE, REGION_ATTRIBUTE, THRESHOLD_ATTRIBUTE,
-    TUMOR_SEGMENT_ATTRIBUTE, ResultNodes, maskBox, readArray,
+from .results import (  # noqa: F401 - THRESHOLD_ATTRIBUTE: the front ends read it here
+    PROBABILITY_MAP_ATTRIBUTE, THRESHOLD_ATTRIBUTE, ResultNodes, readArray,
 )
 
 
@@ -279,6 +278,7 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         removed meanwhile. The job's scratch folder is removed in any case.
         """
         from ..core.inference import lesions_in_box
+        from ..core.lesions import mask_box
 
         if not job.finished:
             raise InputError("the segmentation is still running; wait for it to finish (or cancel it)")
@@ -304,7 +304,7 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
                 liver = readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
             if probability.shape != image.shape or tumor.shape != image.shape:
                 raise InputError("the CT changed while it was being segmented; segment it again")
-            box = maskBox(tumor)  # measured on the CT's geometry now (it may have moved meanwhile)
+            box = mask_box(tumor)  # measured on the CT's geometry now (it may have moved meanwhile)
             lesions = lesions_in_box(tumor, image, probability, box) if box else []
             return self._putResult(
                 ctNode, liver, tumor, probability, lesions, request["threshold"], request["minLesion"],
@@ -316,16 +316,11 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
     @staticmethod
     def _checkMemory(image, liver, trained) -> None:
         """InputError when segmenting would not fit in the free memory (memory.py)."""
-        from ..storage.memory import memory_problem
-        from ..core.features import liver_box
+        from ..storage.memory import segment_memory_problem
 
         settings = getattr(trained, "feature_settings", None)
         margin, work = (settings.margin_mm, settings.spacing_mm) if settings is not None else (12.0, 2.0)
-        box = None
-        if liver is not None:
-            z0, z1, y0, y1, x0, x1 = liver_box(liver, image.shape, image.spacing_zyx, margin)
-            box = (z1 - z0, y1 - y0, x1 - x0)
-        problem = memory_problem(image.shape, image.spacing_zyx, box, work_mm=work)
+        problem = segment_memory_problem(image, liver, margin, work)
         if problem:
             raise InputError(problem.replace("give a liver mask (--liver)", "choose the liver segment"))
 

@@ -30,14 +30,14 @@ class ModelVersions:
 
     def modelWarning(self, info: ModelInfo) -> str:
         """"" or why a version should not be trusted over its parent (modelstore.parent_check_warning)."""
-        return parent_check_warning(read_model_json(info.path)[0])
+        return parent_check_warning(info.meta)
 
     def modelSynthesis(self, info: ModelInfo) -> str:
         """One line: the synthetic training data a version used and, for `--synthesis auto`, which
         settings the segmenter chose and their validation scores (model.json "synthesis"); "" if none."""
         from ..training.synthesis_search import describe
 
-        synthesis = read_model_json(info.path)[0].get("synthesis")
+        synthesis = info.meta.get("synthesis")
         return describe(synthesis) if isinstance(synthesis, dict) else ""
 
     def modelLabel(self, info: ModelInfo) -> str:

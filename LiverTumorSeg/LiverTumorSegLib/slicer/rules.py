@@ -80,6 +80,14 @@ def removeCaseBlockers(state: PanelState) -> list[str]:
     return [] if state.caseSelected else [NO_CASE_SELECTED]
 
 
+def openCaseBlockers(state: PanelState) -> list[str]:
+    """Opening a library case (the web page) replaces the inputs, which a running Segment reads."""
+    reasons = [SEGMENTING] if state.segmenting else []
+    if not state.caseSelected:
+        reasons.append(NO_CASE_SELECTED)
+    return reasons
+
+
 def retrainBlockers(state: PanelState) -> list[str]:
     reasons = [TRAINING] if state.training else []
     if state.segmenting:
@@ -136,16 +144,28 @@ def formatMinutes(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def segmentProgress(latest: dict | None, elapsed: float, spans: dict = SEGMENT_STAGE_SPAN) -> tuple[int | None, str, str]:
+@dataclass(frozen=True)
+class SegmentWords:
+    """The texts of a Segment's two phases without a stage: reading the CT and loading the model
+    (before the first report) and writing the result files (after "done"). `{t}` is the time since
+    the start (m:ss). The web page shows these; the Slicer panel passes its translations."""
+
+    reading: str = "Segmenting in the background: {t} elapsed"
+    writingBar: str = "Writing the result..."
+    writing: str = "Writing the result: {t} elapsed"
+
+
+def segmentProgress(latest: dict | None, elapsed: float, spans: dict = SEGMENT_STAGE_SPAN,
+                    words: SegmentWords = SegmentWords()) -> tuple[int | None, str, str]:
     """(percent, bar text, status text) of a running Segment from its latest progress dict (None
     before the first: reading the CT and loading the model come first; percent is then None and
     the bar keeps what it shows) and the seconds since it started. After "done" the command line
     is still writing its result files, which the texts say."""
     since = formatMinutes(elapsed)
     if latest is None:
-        return None, "", f"Segmenting in the background: {since} elapsed"
+        return None, "", words.reading.format(t=since)
     info = dict(latest, elapsed_s=elapsed)
     percent, text = describeProgress(info, spans)
     if info.get("stage") == "done":
-        return percent, "Writing the result...", f"Writing the result: {since} elapsed"
+        return percent, words.writingBar, words.writing.format(t=since)
     return percent, stageText(info), text

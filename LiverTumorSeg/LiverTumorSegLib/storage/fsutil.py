@@ -138,6 +138,22 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_json_object(path: str | os.PathLike) -> tuple[dict, str]:
+    """(content, problem) of a JSON file that holds one object (model.json, case.json): ({}, "")
+    when the file is absent; ({}, what is wrong and how to fix it) when it is unreadable or holds
+    something else. The caller decides whether a problem stops it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, ""
+    except (OSError, ValueError) as exc:
+        return {}, f"{path} is not readable JSON ({exc}); fix or delete that file"
+    if not isinstance(value, dict):
+        return {}, f"{path} does not hold a JSON object; fix or delete that file"
+    return value, ""
+
+
 def unwritable_reason(path: str | os.PathLike) -> str | None:
     """Why a new file at `path` could not be written (None: it can), found without writing
     anything: an existing folder of that name, a file where a parent folder should be, a nearest

@@ -17,14 +17,14 @@ The code: image_files (paths, DICOM series, atomic writes), ct_images (CT in HU)
 from __future__ import annotations
 
 from .ct_images import image_header, read_image, warn_if_implausible_ct, write_image
-from .image_files import describe_geometry, read_raw_nrrd, slice_spacing_problem
-from .labelmaps import Labels, coverage_of, labels_on_grid, read_labels, read_labels_kind, read_liver_mask, resample_labels, write_labelmap
+from .image_files import read_raw_nrrd
+from .labelmaps import coverage_of, labels_on_grid, read_labels, read_labels_kind, read_liver_mask, write_labelmap
 from .segmentations import (CASE_SEGMENTS, LIVER_SEGMENT, LIVER_TERMINOLOGY, TUMOR_SEGMENT, TUMOR_TERMINOLOGY, SegmentInfo,
-                            is_segmentation_file, read_segmentation, terminology_entry, write_segmentation)
+                            is_segmentation_file, read_segmentation, write_segmentation)
 
 __all__ = [
-    "CASE_SEGMENTS", "LIVER_SEGMENT", "LIVER_TERMINOLOGY", "TUMOR_SEGMENT", "TUMOR_TERMINOLOGY", "Labels", "SegmentInfo",
-    "coverage_of", "describe_geometry", "image_header", "is_segmentation_file", "labels_on_grid", "read_image", "read_labels",
-    "read_labels_kind", "read_liver_mask", "read_raw_nrrd", "read_segmentation", "resample_labels", "slice_spacing_problem",
-    "terminology_entry", "warn_if_implausible_ct", "write_image", "write_labelmap", "write_segmentation",
+    "CASE_SEGMENTS", "LIVER_SEGMENT", "LIVER_TERMINOLOGY", "TUMOR_SEGMENT", "TUMOR_TERMINOLOGY", "SegmentInfo",
+    "coverage_of", "image_header", "is_segmentation_file", "labels_on_grid", "read_image", "read_labels",
+    "read_labels_kind", "read_liver_mask", "read_raw_nrrd", "read_segmentation", "warn_if_implausible_ct",
+    "write_image", "write_labelmap", "write_segmentation",
 ]

@@ -14,7 +14,6 @@ appears. Model versions are never modified after they are written.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 import shutil
@@ -24,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .fsutil import make_temp_dir, write_json_atomic, write_text_atomic
-from .modelstore import read_model_json
+from .fsutil import make_temp_dir, read_json_object, write_json_atomic, write_text_atomic
+from .modelstore import default_model_path, read_model_json
 from ..volume import Volume
 
 LIVER, TUMOR = 1, 2
@@ -46,10 +45,9 @@ class CaseInfo:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "CaseInfo":
-        try:
-            meta = _read_json(folder / "case.json")
-        except InputError as exc:  # one damaged case must not hide the others
-            return cls(case_id=folder.name, path=folder, problem=str(exc))
+        meta, problem = read_json_object(folder / "case.json")
+        if problem:  # one damaged case must not hide the others
+            return cls(case_id=folder.name, path=folder, problem=problem)
         return cls(
             case_id=folder.name,
             path=folder,
@@ -72,6 +70,8 @@ class ModelInfo:
     training_cases: list = field(default_factory=list)
     read_only: bool = False
     problem: str = ""  # why its model.json could not be read ("" when it could; the model still works)
+    # What model.json says (read once here; {} when absent or unreadable), for the lists' warning and synthesis line.
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -97,6 +97,7 @@ class ModelInfo:
             training_cases=list(meta.get("training_cases", [])),
             read_only=read_only,
             problem=problem,
+            meta=meta,
         )
 
 
@@ -110,15 +111,6 @@ def default_library_path(settings_file=None) -> Path:
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not readable JSON ({exc}); fix or delete that file") from exc
 
 
 def _slug(text: str) -> str:
@@ -281,8 +273,6 @@ class CaseLibrary:
     # ---- models ------------------------------------------------------------------------
     def list_models(self, include_default: bool = True) -> list[ModelInfo]:
         """The shipped default (read-only) first, then the library's versions oldest first."""
-        from .modelstore import default_model_path
-
         models = []
         if include_default:
             default = default_model_path()
@@ -314,8 +304,6 @@ class CaseLibrary:
         return self.model_path(self.active_version())
 
     def model_path(self, version: str) -> Path:
-        from .modelstore import default_model_path
-
         if version == DEFAULT_MODEL_NAME:
             return default_model_path()
         folder = self.models_dir / version

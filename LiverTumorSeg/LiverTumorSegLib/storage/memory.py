@@ -68,6 +68,19 @@ def segment_peak_bytes(shape_zyx, spacing_zyx, box_shape_zyx=None, work_mm: floa
     return BYTES_PER_CT_VOXEL * float(np.prod(shape_zyx)) + BYTES_PER_WORK_VOXEL * work + FIXED_BYTES
 
 
+def segment_memory_problem(image, liver, margin_mm: float, work_mm: float) -> str | None:
+    """`memory_problem` of segmenting `image` (a Volume) where the network searches the box of
+    `liver` (a bool (z, y, x) mask on its grid; None: the whole CT) plus `margin_mm`, resampled to
+    `work_mm`. InputError for an empty liver mask (nothing to search)."""
+    from ..core.features import liver_box
+
+    box = None
+    if liver is not None:
+        z0, z1, y0, y1, x0, x1 = liver_box(liver, image.shape, image.spacing_zyx, margin_mm)
+        box = (z1 - z0, y1 - y0, x1 - x0)
+    return memory_problem(image.shape, image.spacing_zyx, box, work_mm=work_mm)
+
+
 def memory_problem(shape_zyx, spacing_zyx, box_shape_zyx=None, available: int | None = None,
                    work_mm: float = 2.0) -> str | None:
     """None when the estimate fits in HEADROOM of `available` (default: what is free now, and no

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, ModelError
-from .fsutil import atomic_path, make_temp_dir, write_json_atomic
+from .fsutil import atomic_path, make_temp_dir, read_json_object, write_json_atomic
 
 if TYPE_CHECKING:  # imported where used: the model list (web page, Slicer panel) needs no scipy
     from ..core.features import FeatureSettings
@@ -138,16 +138,7 @@ def read_model_json(folder: str | os.PathLike) -> tuple[dict, str]:
     malformed one never stops a model from being listed or used: the metadata is then {} and
     `problem` says what is wrong and how to fix it ("" when the file is fine or simply absent).
     """
-    path = Path(folder) / META_FILE
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, ""
-    except (OSError, ValueError) as exc:
-        return {}, f"{path} is not readable JSON ({exc}); fix or delete that file"
-    if not isinstance(value, dict):
-        return {}, f"{path} does not hold a JSON object; fix or delete that file"
-    return value, ""
+    return read_json_object(Path(folder) / META_FILE)
 
 
 def finite_number(value) -> float | None:

@@ -181,8 +181,10 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
                    candidates: list | None = None):
     """Trunk, forks, guarded choice, the winner's rest (module docstring). make_samplers(candidate,
     index) -> that candidate's synthetic CaseSamplers. Returns (EMA network, steps, last loss,
-    meta) or None when the budget or the validation cannot carry a search (the caller falls back
-    to fixed)."""
+    synthetic cases the model trained on, meta for model.json's "synthesis") or None when the
+    budget or the validation cannot carry a search (the caller falls back to fixed). The synthetic
+    count is the winner's own (the trunk saw every candidate's), or the trunk's when the time cap
+    ended the run during the trunk."""
     start = time.perf_counter()
     candidates = candidates or default_candidates()
     names = [c.name for c in candidates]
@@ -197,7 +199,7 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
     trunk = Run(network, lr, settings.ema_decay, rng)
     trunk.train(union, settings, plan["trunk_steps"], deadline, clock)
     if time.perf_counter() >= deadline:  # the time cap, not the plan, ended it: keep what trained
-        return trunk.ema.network, trunk.step, trunk.loss, {
+        return trunk.ema.network, trunk.step, trunk.loss, len(union) - len(base_samplers), {
             "mode": "auto", "plan": plan, "chosen": None, "candidates": [], "trunk_cases": len(union),
             "why": ("the time cap ran out during the trunk, before any candidate was scored: the trunk's model is kept "
                     "(the real cases and every candidate's synthetic cases)"),
@@ -232,7 +234,7 @@ def search_and_fit(network, base_samplers: list, make_samplers, settings, split,
                            "winner": winner.step},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return winner.ema.network, winner.step, winner.loss, meta
+    return winner.ema.network, winner.step, winner.loss, len(pools[chosen.name]) - len(base_samplers), meta
 
 
 def describe(synthesis: dict | None) -> str:

@@ -14,11 +14,13 @@ count; a time cap that ends the run before max_steps ends it at a machine-depend
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
 
 from ..core.features import FeatureSettings, Prepared, prepare_case
+from ..core.lesions import count_lesions
 from ..errors import InputError
 from ..storage.library import now_iso
 from ..storage.modelstore import TrainedModel
@@ -27,7 +29,7 @@ from .parent_check import parent_check
 from .patches import CaseSampler, polarity_plan
 from .settings import TrainSettings
 from .synthesis_search import resolve_mode, search_and_fit
-from .validation import Split, count_components, split_validation, validate, validation_pieces
+from .validation import Split, split_validation, validate, validation_pieces
 
 __all__ = ["TrainSettings", "train_model"]  # TrainSettings: where callers import it from
 
@@ -54,8 +56,7 @@ def train_model(
     samplers = [sampler(p, split.allowed.get(i)) for i, p in enumerate(prepared) if i in split.train]
     n_real_tumors = int(sum(s.n_tumors for s in samplers))
 
-    mode, why = resolve_mode(settings.synthesis, settings.synthetic_copies, sum(count_components(p.tumor) for p in prepared))
-    synthesis = {"requested": settings.synthesis, "mode": mode, "why": why}
+    mode, why = resolve_mode(settings.synthesis, settings.synthetic_copies, sum(count_lesions(p.tumor) for p in prepared))
     copies = max(settings.synthetic_copies, 1) if mode == "auto" else settings.synthetic_copies if mode == "fixed" else 0
     synthetic = [sampler(p) for p in _synthetic_prepared(cases, split, copies, _fixed_copy(settings), features, clock)]
     rehearsal = [] if init is None else [sampler(p) for p in _rehearsal_prepared(settings, features, clock)]
@@ -69,8 +70,16 @@ def train_model(
         return [sampler(p) for p in _synthetic_prepared(cases, split, candidate.copies, _family_copy(settings, candidate, index),
                                                         features, clock)]
 
-    averaged, steps, last_loss, n_synthetic = _optimise(network, samplers, synthetic, rehearsal, candidate_samplers, mode,
-                                                        synthesis, settings, split, prepared, lr, rng, deadline, clock)
+    with _deterministic_algorithms():
+        trained = None
+        if mode == "auto":  # every candidate trains on the real cases and rehearsal plus its own synthetic cases
+            trained = search_and_fit(network, samplers + rehearsal, candidate_samplers, settings, split, prepared, lr, rng,
+                                     deadline, clock)
+        if trained is None:
+            trained = (*fit(network, samplers + synthetic + rehearsal, settings, lr, rng, deadline, clock), len(synthetic),
+                       _AUTO_FALLBACK if mode == "auto" else {})
+    averaged, steps, last_loss, n_synthetic, found = trained
+    synthesis = {"requested": settings.synthesis, "mode": mode, "why": why, **found}
     train_seconds = time.perf_counter() - start
 
     pieces = validation_pieces(averaged, prepared, split, clock)
@@ -87,32 +96,23 @@ def train_model(
     return model
 
 
-def _optimise(network, samplers, synthetic, rehearsal, candidate_samplers, mode, synthesis: dict, settings, split, prepared,
-              lr, rng, deadline, clock):
-    """The training loop (loop.fit), or with mode "auto" the synthesis search around it; updates
-    `synthesis` with what the search did. Returns (EMA network, steps, last loss, synthetic cases
-    the model trained on)."""
+# model.json's "synthesis" when auto was asked for and the search could not run (fixed copies instead).
+_AUTO_FALLBACK = {"mode": "fixed", "why": "auto asked for, but the budget or the validation cannot carry a search "
+                                          "(too few steps, or nothing held out): fixed"}
+
+
+@contextmanager
+def _deterministic_algorithms():
+    """torch's deterministic algorithms on (warnings only where none exists) for the loop, then
+    back to the caller's choice: the same seed gives the same weights."""
     import torch
 
-    previous_det = torch.are_deterministic_algorithms_enabled()
+    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        searched = None
-        if mode == "auto":
-            base = samplers + rehearsal  # what every candidate of the search trains on
-            searched = search_and_fit(network, base, candidate_samplers, settings, split, prepared, lr, rng, deadline, clock)
-            if searched is None:
-                synthesis.update(mode="fixed", why="auto asked for, but the budget or the validation cannot carry a search "
-                                                   "(too few steps, or nothing held out): fixed")
-        if searched is None:
-            return (*fit(network, samplers + synthetic + rehearsal, settings, lr, rng, deadline, clock), len(synthetic))
+        yield
     finally:
-        torch.use_deterministic_algorithms(previous_det)
-    averaged, steps, last_loss, found = searched
-    synthesis.update(found)  # n_synthetic_cases: the winner's own (the trunk saw every candidate's)
-    pool = found["trunk_cases"] if found["chosen"] is None else next(
-        r["pool_cases"] for r in found["candidates"] if r["name"] == found["chosen"])
-    return averaged, steps, last_loss, pool - len(samplers) - len(rehearsal)
+        torch.use_deterministic_algorithms(previous)
 
 
 def _meta(cases, settings: TrainSettings, init, split: Split, steps, last_loss, validation, train_seconds, averaged,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.lesions import label_lesions
+from ..core.lesions import count_lesions, label_lesions
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
 # Below this best validation Dice the held-out tumors were hardly found, and the curve says more
@@ -36,16 +36,11 @@ class Split:
     mode: str
 
 
-def count_components(mask: np.ndarray) -> int:
-    """Number of 26-connected tumors in a (z, y, x) mask."""
-    return label_lesions(mask)[1]
-
-
 def split_validation(prepared: list, settings, rng: np.random.Generator) -> Split:
     """Hold out cases, or a z-slab around one tumor, or nothing (the module docstring)."""
     n = len(prepared)
     with_tumor = [i for i, p in enumerate(prepared) if p.tumor.any()]
-    n_components = [count_components(prepared[i].tumor) for i in range(n)]
+    n_components = [count_lesions(prepared[i].tumor) for i in range(n)]
     mode = settings.validation
     if mode == "auto":
         mode = "cases" if n >= 3 and len(with_tumor) >= 2 else ("region" if sum(n_components) >= 2 else "in-sample")
@@ -128,7 +123,7 @@ def validate(pieces: list, split: Split, settings) -> dict:
         "lesion_f1": None if at_threshold["lesion_f1"] is None else round(at_threshold["lesion_f1"], 4),
         "threshold": threshold,
         "threshold_source": source,
-        "threshold_objective": "dice",
+        "threshold_objective": "dice",  # constant now; kept so model.json's validation keeps its shape for older readers
         "mode": split.mode,
         "dice_at_0.5": round(at_half["dice"], 4),
         "dice_by_threshold": {f"{t:.2f}": round(float(d), 4) for t, d in zip(THRESHOLDS, dice_raw)},
@@ -140,7 +135,7 @@ def lesion_scores(pieces, threshold: float, min_lesion_mm3: float) -> dict:
     post-processing inference applies (specks and liver-surface slivers removed). Lesion F1 is
     None unless the pieces hold both true and predicted lesions."""
     from ..core.inference import mask_from_probability
-    from ..evaluation.metrics import _f1, lesion_detection
+    from ..evaluation.metrics import lesion_detection, lesion_f1
 
     inter = pred = true = found = n_true = matched = n_pred = 0
     for prob, liver, truth, spacing in pieces:
@@ -150,5 +145,5 @@ def lesion_scores(pieces, threshold: float, min_lesion_mm3: float) -> dict:
         true += np.count_nonzero(truth)
         det = lesion_detection(mask, truth, float(np.prod(spacing)))
         found, n_true, matched, n_pred = found + det["found"], n_true + det["n_true"], matched + det["matched"], n_pred + det["n_pred"]
-    f1 = _f1(matched / n_pred, found / n_true, n_pred, n_true) if n_pred and n_true else None
+    f1 = lesion_f1(matched / n_pred, found / n_true, n_pred, n_true) if n_pred and n_true else None
     return {"dice": 2.0 * inter / max(pred + true, 1), "lesion_f1": f1}

@@ -1,4 +1,4 @@
-"""images.py against real files: DICOM and NIfTI fixtures, Slicer's own reader and writer (slicer-core)."""
+"""storage/images.py against real files: DICOM and NIfTI fixtures, Slicer's own reader and writer (slicer-core)."""
 
 from __future__ import annotations
 

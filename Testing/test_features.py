@@ -1,4 +1,4 @@
-"""Liver box, working grid, liver-relative normalisation and the way back to the CT grid."""
+"""core/features.py: liver box, working grid, liver-relative normalisation and the way back to the CT grid."""
 
 import numpy as np
 import pytest
