@@ -44,6 +44,7 @@ model: venv
 
 # The full evidence run (several hours on 2 cores; see benchmarks/RESULTS.md).
 bench: venv
+	OMP_NUM_THREADS=1 $(PY) benchmarks/real_case.py --seeds 0 1 2 --threads 1
 	$(PY) benchmarks/small_data.py
 	$(PY) benchmarks/method_changes.py
 	$(PY) benchmarks/method_changes.py --chain grid --seeds 0 1

@@ -1,0 +1,273 @@
+"""The real case: Retrain on half A of a real CT with 70 tumors, judged on half B by lesion size.
+
+LiverTumorSegLib/evaluation/real_case.py describes the case (LiTS 117, a 128^3 crop at an assumed
+1.5 mm; A = the inferior half, 28 tumors, B = the dome, 51 tumors). This script runs what a user
+runs and scores it inside the true liver:
+
+- the shipped default model on B and on the whole case;
+- the HU floor (Gaussian-smoothed absolute HU threshold, specks and surface slivers removed)
+  fitted on A, on B;
+- Retrain: A added to a fresh case library as the user's one annotated case, then
+  `livertumorseg train LIBRARY --init <default> --minutes M --seed S` (the command the Slicer
+  panel's Retrain runs), and the new model on B.
+
+Each row gives per-case Dice, tumors found / tumors of each size (5-10, 10-20, > 20 mm; lesion
+recall) and lesion precision per size, and the false lesions. Nothing is tuned here: it reports.
+
+The case is fetched once with `pip download --no-deps liver-ct-segmentation-package==1.6.0` into
+benchmarks/work/real_case_data (CC BY-NC-SA 4.0: never committed). Every run is cached in
+benchmarks/work/real_case/ under the engine's source hash, so an interrupted run resumes.
+
+    OMP_NUM_THREADS=1 python benchmarks/real_case.py --seeds 0 1 2 --threads 1
+    python benchmarks/real_case.py --tiny --data DIR --out /tmp/real   # a check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+import benchcommon as bc
+import small_data as sd
+from LiverTumorSegLib.evaluation.real_case import (
+    ASSUMED_SPACING_MM, IMAGE_MEMBER, LABELS_MEMBER, PACKAGE, find_real_case, read_real_case, split_halves,
+)
+
+SIZES = ("5-10mm", "10-20mm", ">20mm")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder holding img_117.mrc and lab_117.mrc (default: fetched into benchmarks/work/real_case_data)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="Retrain seeds (default 0 1 2; none: only the default model and the floor)")
+    p.add_argument("--minutes", type=float, default=5.0, help="Retrain's time cap (the panel's default: 5)")
+    p.add_argument("--max-steps", type=int, default=None, help="Retrain's planned steps (default: the product's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads here and in the Retrain process")
+    p.add_argument("--tiny", action="store_true", help="a check that the script runs: seed 0, 2 steps")
+    p.add_argument("--out", type=Path, default=None, help="folder for real_case.json (default benchmarks/results)")
+    p.add_argument("--work", type=Path, default=bc.WORK_DIR / "real_case")
+    args = p.parse_args(argv)
+    args.preset = "tiny" if args.tiny else "full"
+    if args.tiny:
+        args.seeds, args.max_steps = args.seeds[:1] or [0], args.max_steps or 2
+    args.out = args.out or bc.results_dir(args.preset)
+    return args
+
+
+# ---- the case -------------------------------------------------------------------------------------
+
+def fetch_case(cache: Path) -> Path:
+    """The folder holding the MRC pair, downloading the package's wheel on first use."""
+    try:
+        find_real_case(cache)
+        return cache
+    except Exception:
+        pass
+    cache.mkdir(parents=True, exist_ok=True)
+    bc.log(f"fetching {PACKAGE} into {cache}")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                           PACKAGE, "-d", str(cache)], capture_output=True, text=True)
+    wheels = sorted(cache.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise SystemExit(f"could not download {PACKAGE} ({done.stderr.strip()[-300:]}); give --data DIR with the two MRC files")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        for member in (IMAGE_MEMBER, LABELS_MEMBER):
+            target = cache / Path(member).name
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(wheel.read(member))
+            os.replace(tmp, target)
+    return cache
+
+
+def lesion_sizes(labels) -> dict:
+    """Tumors per size bin (equivalent-sphere diameter at the assumed spacing)."""
+    from LiverTumorSegLib.core.lesions import equivalent_diameter_mm, label_lesions
+    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, size_bin
+
+    components, n = label_lesions(labels.array == 2)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    counts = dict.fromkeys(SIZE_BINS, 0)
+    for voxels in sizes:
+        counts[size_bin(equivalent_diameter_mm(float(voxels) * labels.voxel_volume_mm3))] += 1
+    return {"tumors": int(n), "by_size": counts}
+
+
+# ---- scoring -------------------------------------------------------------------------------------
+
+def score(pred: np.ndarray, labels) -> dict:
+    """Scores inside the true liver: Dice, lesion recall and precision by size, false lesions."""
+    from LiverTumorSegLib.evaluation.metrics import evaluate_case
+
+    row = evaluate_case(pred & (labels.array > 0), labels.array == 2, labels.spacing_zyx)
+    return {
+        "dice": row["dice"],
+        "found": {k: row["lesions_by_size"][k] for k in SIZES},  # [found, of]
+        "recall": {k: row["recall_by_size"][k] for k in SIZES},
+        "precision": {k: row["precision_by_size"][k] for k in SIZES},
+        "predicted": {k: row["pred_lesions_by_size"][k] for k in SIZES},  # [true lesions among them, predicted]
+        "lesion_precision": row["lesion_precision"], "lesion_recall": row["lesion_recall"],
+        "false_lesions": int(row["n_pred_lesions"] - row["pred_lesions_matched"]),
+    }
+
+
+def segment_with(model_path: Path, image, labels) -> tuple[np.ndarray, dict]:
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.storage.modelstore import load_model
+
+    model = load_model(model_path)
+    t = time.perf_counter()
+    result = segment(image, labels.array > 0, model)
+    return result.tumor.array > 0, {"threshold": result.threshold, "segment_s": round(time.perf_counter() - t, 2)}
+
+
+def cached(path: Path, engine: str, compute) -> dict:
+    """Reuse a run scored with the same engine sources; otherwise compute and store it."""
+    if path.exists():
+        stored = bc.read_json(path)
+        if stored.get("engine_hash") == engine:
+            return stored
+    result = {**compute(), "engine_hash": engine, "finished": bc.now()}
+    bc.write_json(path, result)
+    return result
+
+
+def retrain(halves, default_model: Path, seed: int, args, work: Path) -> Path:
+    """A fresh library holding half A, and the product's Retrain on it (a subprocess, as the panel
+    runs it). Returns the new model's folder."""
+    from LiverTumorSegLib.storage.library import CaseLibrary
+
+    library_dir = work / "library"
+    if library_dir.exists():
+        import shutil
+
+        shutil.rmtree(library_dir)
+    library = CaseLibrary(library_dir)
+    image_a, labels_a = halves["A"]
+    library.add_case(image_a, labels_a, source="LiTS 117 half A (real_case.py)", case_id="lits117_A")
+    out = library.new_version_path()
+    command = [sys.executable, "-m", "LiverTumorSegLib", "train", str(library_dir), "--out", str(out),
+               "--init", str(default_model), "--minutes", f"{args.minutes:g}", "--seed", str(seed)]
+    if args.max_steps is not None:
+        command += ["--max-steps", str(args.max_steps)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    bc.log("Retrain: " + " ".join(command[1:]))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"Retrain failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return out
+
+
+# ---- the runs -------------------------------------------------------------------------------------
+
+def run_all(args) -> dict:
+    from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
+    from LiverTumorSegLib.storage.modelstore import default_model_path, read_model_json
+
+    threads = bc.set_threads(args.threads)
+    image_path, labels_path = find_real_case(args.data or fetch_case(bc.WORK_DIR / "real_case_data"))
+    image, labels = read_real_case(image_path, labels_path)
+    halves = split_halves(image, labels)
+    engine = sd.engine_hash()
+    work = args.work / f"engine{engine}"
+    default = default_model_path()
+    rows = {}
+
+    def default_on(name, img, lab):
+        def compute():
+            pred, info = segment_with(default, img, lab)
+            return {**score(pred, lab), **info}
+        return cached(work / f"default_{name}.json", engine, compute)
+
+    rows["default model, B"] = default_on("B", *halves["B"])
+    rows["default model, whole case"] = default_on("full", image, labels)
+
+    def floor():
+        image_a, labels_a = halves["A"]
+        baseline = fit_threshold_baseline([(image_a, labels_a.array > 0, labels_a.array == 2)])
+        image_b, labels_b = halves["B"]
+        return {**score(baseline.segment(image_b, labels_b.array > 0), labels_b), "threshold_hu": baseline.threshold_hu}
+
+    rows["HU floor fitted on A, B"] = cached(work / "floor_B.json", engine, floor)
+
+    for seed in args.seeds:
+        key = f"retrain_s{seed}_m{args.minutes:g}_steps{args.max_steps or 'default'}"
+
+        def compute(seed=seed, key=key):
+            t = time.perf_counter()
+            model = retrain(halves, default, seed, args, work / key)
+            seconds = round(time.perf_counter() - t, 1)
+            meta, _ = read_model_json(model)
+            pred, info = segment_with(model, *halves["B"])
+            check = (meta.get("parent_check") or {}).get("check_set") or {}
+            return {**score(pred, halves["B"][1]), **info, "retrain_s": seconds, "steps": meta.get("steps"),
+                    "stopped_by": meta.get("stopped_by"), "validation": meta.get("validation", {}).get("dice"),
+                    "parent_check_dice": {who: (v or {}).get("dice_mean") for who, v in check.items()},
+                    "worse_than_parent": (meta.get("parent_check") or {}).get("worse_than_parent")}
+
+        rows[f"Retrain on A (seed {seed}), B"] = cached(work / f"{key}.json", engine, compute)
+
+    return {
+        **bc.result_header("real_case", "real_case.py", args.preset, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
+        "case": {"source": PACKAGE, "assumed_spacing_mm": ASSUMED_SPACING_MM, "shape_zyx": list(image.shape),
+                 "whole": lesion_sizes(labels), "A": lesion_sizes(halves["A"][1]), "B": lesion_sizes(halves["B"][1])},
+        "engine_hash": engine, "torch_threads": threads, "machine": bc.machine(),
+        "rows": rows,
+        "retrain_mean": mean_of([r for name, r in rows.items() if name.startswith("Retrain")]),
+    }
+
+
+def mean_of(runs: list) -> dict | None:
+    """Dice and recall/precision per size averaged over the Retrain seeds."""
+    if not runs:
+        return None
+
+    def avg(values):
+        values = [v for v in values if v is not None]
+        return round(float(np.mean(values)), 4) if values else None
+
+    return {"n": len(runs), "dice": avg(r["dice"] for r in runs),
+            "recall": {k: avg(r["recall"][k] for r in runs) for k in SIZES},
+            "precision": {k: avg(r["precision"][k] for r in runs) for k in SIZES},
+            "false_lesions": avg(r["false_lesions"] for r in runs)}
+
+
+def table(result: dict) -> str:
+    """The markdown table of RESULTS.md: per row Dice, then found/of (precision) per size."""
+    def cell(row, size):
+        found, of = row["found"][size]
+        precision = row["precision"][size]
+        return f"{found} / {of} ({'-' if precision is None else f'{precision:.2f}'})"
+
+    lines = ["| run (scored inside the true liver) | Dice | 5-10 mm | 10-20 mm | > 20 mm | false lesions |",
+             "|---|---|---|---|---|---|"]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | {row['dice']:.3f} | " + " | ".join(cell(row, s) for s in SIZES) + f" | {row['false_lesions']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    from LiverTumorSegLib.errors import InputError
+
+    args = parse_args(argv)
+    try:
+        result = run_all(args)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    path = args.out / "real_case.json"
+    bc.write_json(path, result)
+    print(table(result))
+    print(f"written to {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
