@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from LiverTumorSegLib.core.lesions import count_lesions
 from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.evaluation.real_case import ASSUMED_SPACING_MM, find_real_case, read_real_case, split_halves
@@ -122,7 +123,7 @@ def test_real_case_benchmark_runs_retrain_on_a_and_reports_b_by_size(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "real_case.json").read_text())
     rows = result["rows"]
-    assert list(rows) == ["default model, B", "default model, whole case", "HU floor fitted on A, B", "Retrain on A (seed 0), B"]
+    assert list(rows) == ["default model, B", "HU floor fitted on A, B", "Retrain on A (seed 0), B", "default model, whole case"]
     retrain = rows["Retrain on A (seed 0), B"]
     assert retrain["steps"] == 2 and retrain["stopped_by"] == "steps" and retrain["parent_check_dice"]
     for name, row in rows.items():
@@ -138,3 +139,21 @@ def test_real_case_benchmark_runs_retrain_on_a_and_reports_b_by_size(tmp_path):
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "real_case.json").read_text())["rows"] == rows
+
+
+def test_real_case_development_mode_never_reads_half_b(tmp_path):
+    """--develop scores inside A only: A's halves each way, the default model and the floor (no
+    seeds: no Retrain), and writes its own results file."""
+    data = tmp_path / "case"
+    write_as_real_case(data, seed=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "benchmarks" / "real_case.py"), "--develop", "--seeds", "--data", str(data),
+               "--threads", "1", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "real_case_development.json").read_text())
+    assert list(result["rows"]) == ["default model, A2", "HU floor fitted on A1, A2", "default model, A1", "HU floor fitted on A2, A1"]
+    assert set(result["case"]) >= {"A1", "A2", "whole"} and "B" not in result["case"]
+    image, labels = read_real_case(*find_real_case(data))
+    inner = split_halves(*split_halves(image, labels)["A"])
+    assert result["case"]["A2"]["tumors"] == count_lesions(inner["B"][1].array == 2)

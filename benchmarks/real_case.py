@@ -12,13 +12,17 @@ runs and scores it inside the true liver:
   panel's Retrain runs), and the new model on B.
 
 Each row gives per-case Dice, tumors found / tumors of each size (5-10, 10-20, > 20 mm; lesion
-recall) and lesion precision per size, and the false lesions. Nothing is tuned here: it reports.
+recall) and lesion precision per size, and the false lesions. Nothing is tuned on B: it reports.
+`--develop` is where settings are chosen: the same rows inside A (Retrain on A's inferior half A1,
+scored on its superior half A2, and the other way), B never read. `--train-args` measures a
+variant of Retrain (options of `livertumorseg train`) beside the default.
 
 The case is fetched once with `pip download --no-deps liver-ct-segmentation-package==1.6.0` into
 benchmarks/work/real_case_data (CC BY-NC-SA 4.0: never committed). Every run is cached in
 benchmarks/work/real_case/ under the engine's source hash, so an interrupted run resumes.
 
     OMP_NUM_THREADS=1 python benchmarks/real_case.py --seeds 0 1 2 --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/real_case.py --develop --seeds 0 1 --threads 1 [--train-args "--synthesis off"]
     python benchmarks/real_case.py --tiny --data DIR --out /tmp/real   # a check that it runs
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -51,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=5.0, help="Retrain's time cap (the panel's default: 5)")
     p.add_argument("--max-steps", type=int, default=None, help="Retrain's planned steps (default: the product's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads here and in the Retrain process")
+    p.add_argument("--develop", action="store_true",
+                   help="choose settings inside A: Retrain on one half of A, score the other, both ways (B is never read)")
+    p.add_argument("--train-args", default="", help="extra options for `livertumorseg train` (a variant to measure)")
     p.add_argument("--tiny", action="store_true", help="a check that the script runs: seed 0, 2 steps")
     p.add_argument("--out", type=Path, default=None, help="folder for real_case.json (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=bc.WORK_DIR / "real_case")
@@ -139,9 +147,9 @@ def cached(path: Path, engine: str, compute) -> dict:
     return result
 
 
-def retrain(halves, default_model: Path, seed: int, args, work: Path) -> Path:
-    """A fresh library holding half A, and the product's Retrain on it (a subprocess, as the panel
-    runs it). Returns the new model's folder."""
+def retrain(train: tuple, name: str, default_model: Path, seed: int, args, work: Path) -> Path:
+    """A fresh library holding the training half as the user's one annotated case, and the product's
+    Retrain on it (a subprocess, as the panel runs it). Returns the new model's folder."""
     from LiverTumorSegLib.storage.library import CaseLibrary
 
     library_dir = work / "library"
@@ -150,8 +158,7 @@ def retrain(halves, default_model: Path, seed: int, args, work: Path) -> Path:
 
         shutil.rmtree(library_dir)
     library = CaseLibrary(library_dir)
-    image_a, labels_a = halves["A"]
-    library.add_case(image_a, labels_a, source="LiTS 117 half A (real_case.py)", case_id="lits117_A")
+    library.add_case(*train, source=f"LiTS 117 half {name} (real_case.py)", case_id=f"lits117_{name}")
     out = library.new_version_path()
     command = [sys.executable, "-m", "LiverTumorSegLib", "train", str(library_dir), "--out", str(out),
                "--init", str(default_model), "--minutes", f"{args.minutes:g}", "--seed", str(seed)]
@@ -159,6 +166,7 @@ def retrain(halves, default_model: Path, seed: int, args, work: Path) -> Path:
         command += ["--max-steps", str(args.max_steps)]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    command += shlex.split(args.train_args)
     bc.log("Retrain: " + " ".join(command[1:]))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -168,6 +176,16 @@ def retrain(halves, default_model: Path, seed: int, args, work: Path) -> Path:
 
 # ---- the runs -------------------------------------------------------------------------------------
 
+def splits(image, labels, develop: bool) -> list[tuple[str, tuple, str, tuple]]:
+    """(train name, train half, test name, test half): A -> B, or for development the two halves of
+    A each way (A1 = A's inferior half, A2 = its superior half): choosing settings never sees B."""
+    halves = split_halves(image, labels)
+    if not develop:
+        return [("A", halves["A"], "B", halves["B"])]
+    inner = split_halves(*halves["A"])
+    return [("A1", inner["A"], "A2", inner["B"]), ("A2", inner["B"], "A1", inner["A"])]
+
+
 def run_all(args) -> dict:
     from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
     from LiverTumorSegLib.storage.modelstore import default_model_path, read_model_json
@@ -175,11 +193,11 @@ def run_all(args) -> dict:
     threads = bc.set_threads(args.threads)
     image_path, labels_path = find_real_case(args.data or fetch_case(bc.WORK_DIR / "real_case_data"))
     image, labels = read_real_case(image_path, labels_path)
-    halves = split_halves(image, labels)
     engine = sd.engine_hash()
     work = args.work / f"engine{engine}"
     default = default_model_path()
-    rows = {}
+    variant = ("_" + bc.config_key({"train_args": args.train_args})) if args.train_args else ""
+    rows, sizes = {}, {"whole": lesion_sizes(labels)}
 
     def default_on(name, img, lab):
         def compute():
@@ -187,38 +205,40 @@ def run_all(args) -> dict:
             return {**score(pred, lab), **info}
         return cached(work / f"default_{name}.json", engine, compute)
 
-    rows["default model, B"] = default_on("B", *halves["B"])
-    rows["default model, whole case"] = default_on("full", image, labels)
+    for train_name, (image_tr, labels_tr), test_name, (image_te, labels_te) in splits(image, labels, args.develop):
+        sizes[train_name], sizes[test_name] = lesion_sizes(labels_tr), lesion_sizes(labels_te)
+        rows[f"default model, {test_name}"] = default_on(test_name, image_te, labels_te)
 
-    def floor():
-        image_a, labels_a = halves["A"]
-        baseline = fit_threshold_baseline([(image_a, labels_a.array > 0, labels_a.array == 2)])
-        image_b, labels_b = halves["B"]
-        return {**score(baseline.segment(image_b, labels_b.array > 0), labels_b), "threshold_hu": baseline.threshold_hu}
+        def floor(image_tr=image_tr, labels_tr=labels_tr, image_te=image_te, labels_te=labels_te):
+            baseline = fit_threshold_baseline([(image_tr, labels_tr.array > 0, labels_tr.array == 2)])
+            return {**score(baseline.segment(image_te, labels_te.array > 0), labels_te), "threshold_hu": baseline.threshold_hu}
 
-    rows["HU floor fitted on A, B"] = cached(work / "floor_B.json", engine, floor)
+        rows[f"HU floor fitted on {train_name}, {test_name}"] = cached(
+            work / f"floor_{test_name}.json" if train_name == "A" else work / f"floor_{train_name}_{test_name}.json", engine, floor)
 
-    for seed in args.seeds:
-        key = f"retrain_s{seed}_m{args.minutes:g}_steps{args.max_steps or 'default'}"
+        for seed in args.seeds:
+            where = "" if train_name == "A" else f"_{train_name}"
+            key = f"retrain{where}_s{seed}_m{args.minutes:g}_steps{args.max_steps or 'default'}{variant}"
 
-        def compute(seed=seed, key=key):
-            t = time.perf_counter()
-            model = retrain(halves, default, seed, args, work / key)
-            seconds = round(time.perf_counter() - t, 1)
-            meta, _ = read_model_json(model)
-            pred, info = segment_with(model, *halves["B"])
-            check = (meta.get("parent_check") or {}).get("check_set") or {}
-            return {**score(pred, halves["B"][1]), **info, "retrain_s": seconds, "steps": meta.get("steps"),
-                    "stopped_by": meta.get("stopped_by"), "validation": meta.get("validation", {}).get("dice"),
-                    "parent_check_dice": {who: (v or {}).get("dice_mean") for who, v in check.items()},
-                    "worse_than_parent": (meta.get("parent_check") or {}).get("worse_than_parent")}
+            def compute(seed=seed, key=key, train=(image_tr, labels_tr), test=(image_te, labels_te), name=train_name):
+                t = time.perf_counter()
+                model = retrain(train, name, default, seed, args, work / key)
+                seconds = round(time.perf_counter() - t, 1)
+                meta, _ = read_model_json(model)
+                pred, info = segment_with(model, *test)
+                check = (meta.get("parent_check") or {}).get("check_set") or {}
+                return {**score(pred, test[1]), **info, "retrain_s": seconds, "steps": meta.get("steps"),
+                        "stopped_by": meta.get("stopped_by"), "validation": meta.get("validation", {}).get("dice"),
+                        "parent_check_dice": {who: (v or {}).get("dice_mean") for who, v in check.items()},
+                        "worse_than_parent": (meta.get("parent_check") or {}).get("worse_than_parent")}
 
-        rows[f"Retrain on A (seed {seed}), B"] = cached(work / f"{key}.json", engine, compute)
+            rows[f"Retrain on {train_name} (seed {seed}), {test_name}"] = cached(work / f"{key}.json", engine, compute)
+    if not args.develop:
+        rows["default model, whole case"] = default_on("full", image, labels)
 
     return {
         **bc.result_header("real_case", "real_case.py", args.preset, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
-        "case": {"source": PACKAGE, "assumed_spacing_mm": ASSUMED_SPACING_MM, "shape_zyx": list(image.shape),
-                 "whole": lesion_sizes(labels), "A": lesion_sizes(halves["A"][1]), "B": lesion_sizes(halves["B"][1])},
+        "case": {"source": PACKAGE, "assumed_spacing_mm": ASSUMED_SPACING_MM, "shape_zyx": list(image.shape), **sizes},
         "engine_hash": engine, "torch_threads": threads, "machine": bc.machine(),
         "rows": rows,
         "retrain_mean": mean_of([r for name, r in rows.items() if name.startswith("Retrain")]),
@@ -262,7 +282,9 @@ def main(argv=None) -> dict:
         result = run_all(args)
     except InputError as exc:
         raise SystemExit(f"error: {exc}") from None
-    path = args.out / "real_case.json"
+    name = "real_case" + ("_development" if args.develop else "") + (
+        "_" + bc.config_key({"train_args": args.train_args}) if args.train_args else "")
+    path = args.out / f"{name}.json"
     bc.write_json(path, result)
     print(table(result))
     print(f"written to {path}")
