@@ -44,6 +44,7 @@ import small_data as sd
 from LiverTumorSegLib.evaluation.real_case import (
     ASSUMED_SPACING_MM, IMAGE_MEMBER, LABELS_MEMBER, PACKAGE, find_real_case, read_real_case, split_halves,
 )
+from LiverTumorSegLib.protocol import train_command
 
 SIZES = ("5-10mm", "10-20mm", ">20mm")
 
@@ -97,15 +98,8 @@ def fetch_case(cache: Path) -> Path:
 
 def lesion_sizes(labels) -> dict:
     """Tumors per size bin (equivalent-sphere diameter at the assumed spacing)."""
-    from LiverTumorSegLib.core.lesions import equivalent_diameter_mm, label_lesions
-    from LiverTumorSegLib.evaluation.metrics import SIZE_BINS, size_bin
-
-    components, n = label_lesions(labels.array == 2)
-    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
-    counts = dict.fromkeys(SIZE_BINS, 0)
-    for voxels in sizes:
-        counts[size_bin(equivalent_diameter_mm(float(voxels) * labels.voxel_volume_mm3))] += 1
-    return {"tumors": int(n), "by_size": counts}
+    described = sd.describe_set([("", labels, labels)])
+    return {"tumors": described["n_tumors"], "by_size": described["tumors_by_size"]}
 
 
 # ---- scoring -------------------------------------------------------------------------------------
@@ -160,13 +154,8 @@ def retrain(train: tuple, name: str, default_model: Path, seed: int, args, work:
     library = CaseLibrary(library_dir)
     library.add_case(*train, source=f"LiTS 117 half {name} (real_case.py)", case_id=f"lits117_{name}")
     out = library.new_version_path()
-    command = [sys.executable, "-m", "LiverTumorSegLib", "train", str(library_dir), "--out", str(out),
-               "--init", str(default_model), "--minutes", f"{args.minutes:g}", "--seed", str(seed)]
-    if args.max_steps is not None:
-        command += ["--max-steps", str(args.max_steps)]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    command += shlex.split(args.train_args)
+    command = train_command(sys.executable, library_dir, out, args.minutes, seed, args.threads or None,
+                            init=default_model, max_steps=args.max_steps) + shlex.split(args.train_args)
     bc.log("Retrain: " + " ".join(command[1:]))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -28,14 +28,16 @@ def segment_command(python: str, image, out, prob, model, threshold: float, thre
     return command
 
 
-def train_command(python: str, cases, out, minutes: float, seed: int, threads: int, init=None,
+def train_command(python: str, cases, out, minutes: float, seed: int, threads: int | None, init=None,
                   max_steps: int | None = None) -> list[str]:
     """`python -m LiverTumorSegLib train CASES --out OUT --progress-json ...` (`init`: the model
-    folder to fine-tune from; None trains from scratch)."""
+    folder to fine-tune from, None trains from scratch; `threads` None: the command's default)."""
     command = [
         str(python), "-m", PACKAGE, "train", str(cases), "--out", str(out), PROGRESS_JSON,
-        "--minutes", f"{float(minutes):g}", "--seed", str(int(seed)), "--threads", str(int(threads)),
+        "--minutes", f"{float(minutes):g}", "--seed", str(int(seed)),
     ]
+    if threads is not None:
+        command += ["--threads", str(int(threads))]
     if init is not None:
         command += ["--init", str(init)]
     if max_steps is not None:

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from ..errors import InputError, ModelError
 from .hessian import hessian_channels
+from .lesions import mask_box
 from ..volume import Volume
 
 NORMALIZATIONS = ("liver", "window", "both")
@@ -200,15 +201,14 @@ def liver_box(liver: np.ndarray | None, shape, spacing_zyx, margin_mm: float) ->
     """Input-grid index box (z0, z1, y0, y1, x0, x1) of the liver plus margin_mm, clipped to the image."""
     if liver is None:
         return (0, shape[0], 0, shape[1], 0, shape[2])
-    if not np.any(liver):
+    box = mask_box(liver)
+    if box is None:
         raise InputError("the mask is empty; nothing to crop to")
-    box = []
+    padded = []
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(liver, axis=other))
         pad = int(np.ceil(margin_mm / spacing_zyx[axis]))
-        box += [max(0, int(hits[0]) - pad), min(shape[axis], int(hits[-1]) + 1 + pad)]
-    return tuple(box)
+        padded += [max(0, box[2 * axis] - pad), min(shape[axis], box[2 * axis + 1] + pad)]
+    return tuple(padded)
 
 
 def body_mask(hu: np.ndarray, air_hu: float = -500.0) -> np.ndarray:
