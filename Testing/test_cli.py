@@ -212,9 +212,12 @@ def test_train_with_progress_json_then_finetune(tmp_path, phantom_case_dirs, tin
 
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = run_cli("demo", "--quick", "--out", out)
+    result = run_cli("demo", "--quick", "--out", out, "--real-case", tmp_path / "not_fetched")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "metrics.json").read_text())
+    # Without the real case (offline), the demo says so and tells the story on phantoms.
+    assert "the demo runs on phantoms" in result.stdout
+    assert report["data"].startswith("phantoms") and "not available" in report["data"]
     # The story: the default model, then Retrain, on the same held-out cases, next to the floor.
     for stage in ("default_model", "retrained", "threshold_floor"):
         assert report[stage]["n_cases"] == 4 and 0.0 <= report[stage]["dice_mean"] <= 1.0

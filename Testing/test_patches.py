@@ -108,3 +108,19 @@ def test_polarity_mirroring_negates_the_liver_channel_and_swaps_the_blob_channel
     assert inside.any()
     assert np.all(x[0][inside] == 3.0)  # the dark tumor is now bright
     assert np.all(x[2][inside] == 5.0) and not x[1].any()  # its dark-blob response moved to bright
+
+
+def test_a_withheld_region_is_context_only_its_labels_never_weigh():
+    features, tumor, liver, big, small = toy_case()
+    allowed = np.ones(liver.shape, bool)
+    allowed[14:27] = False  # a validation slab through both tumors' middles
+    sampler = CaseSampler(features, tumor, liver, [20.0, None], allowed=allowed)
+    rng = np.random.default_rng(2)
+    assert all(allowed[tuple(sampler.draw_center(pool, rng))] for pool in ("tumor", "boundary", "liver", "hard")
+               for _ in range(60))
+    still = PatchSettings(size=16, flip=False, rotate90=False, scale_range=(1.0, 1.0), intensity_scale=0.0,
+                          intensity_shift_hu=0.0)
+    x, target, weight = sampler.patch((12, 14, 14), still, rng)  # slices 4-19: 6 of them in the slab
+    assert target[0, 10:].any()  # the slab's tumor is in the crop...
+    assert weight[0, 10:].max() == 0 and weight[0, :10].min() == 1  # ...but weighs nothing
+    np.testing.assert_array_equal(x[0], features[0, 4:20, 6:22, 6:22])  # the image is there as context

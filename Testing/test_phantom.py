@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorSegLib.storage import images
-from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
+from LiverTumorSegLib.core.floor import fit_threshold_baseline
 from LiverTumorSegLib.errors import InputError
 from LiverTumorSegLib.core.lesions import label_lesions
 from LiverTumorSegLib.data.phantom import PhantomSettings, case_seeds, make_phantom, write_phantom_cases
@@ -110,7 +110,7 @@ def test_tumor_count_option():
 
 
 def _threshold_dice(settings: PhantomSettings, train_seeds, test_seeds) -> list[float]:
-    """The classical floor (evaluation/floors.py): smoothing, one HU threshold fitted on training phantoms, speck removal."""
+    """The classical floor (core/floor.py): smoothing, one HU threshold fitted on training phantoms, speck removal."""
     def load(seed):
         case = make_phantom(seed, settings)
         return case.image, case.labels.array > 0, case.labels.array == 2

@@ -88,6 +88,34 @@ def test_real_case_refuses_mismatched_or_foreign_labels(tmp_path):
         find_real_case(tmp_path / "nowhere")
 
 
+def test_the_package_wheel_is_unpacked_where_pip_download_left_it(tmp_path):
+    import zipfile
+
+    from LiverTumorSegLib.evaluation.real_case import IMAGE_MEMBER, LABELS_MEMBER
+
+    made = tmp_path / "made"
+    made.mkdir()
+    hand_made_mrc(made / "img.mrc", np.arange(64, dtype=np.float32).reshape(4, 4, 4), mode=2)
+    hand_made_mrc(made / "lab.mrc", np.ones((4, 4, 4), np.uint16), mode=6)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "liver_ct_segmentation_package-1.6.0-py2.py3-none-any.whl", "w") as wheel:
+        wheel.write(made / "img.mrc", IMAGE_MEMBER)
+        wheel.write(made / "lab.mrc", LABELS_MEMBER)
+    image_path, labels_path = find_real_case(cache)
+    assert image_path == cache / "img_117.mrc" and labels_path == cache / "lab_117.mrc"
+    assert image_path.read_bytes() == (made / "img.mrc").read_bytes()
+    assert read_real_case(image_path, labels_path)[0].shape == (4, 4, 4)
+    assert sorted(p.name for p in cache.iterdir()) == ["img_117.mrc", "lab_117.mrc",
+                                                       "liver_ct_segmentation_package-1.6.0-py2.py3-none-any.whl"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "liver_ct_segmentation_package-1.6.0-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="download it again"):
+        find_real_case(broken)
+    assert sorted(p.name for p in broken.iterdir()) == ["liver_ct_segmentation_package-1.6.0-py3-none-any.whl"]
+
+
 def test_halves_split_at_the_middle_slice_and_keep_every_voxel_in_place(tmp_path):
     raw = np.random.default_rng(0).integers(-100, 200, (6, 5, 8)).astype(np.float32)
     hand_made_mrc(tmp_path / "img_117.mrc", raw, mode=2)
@@ -157,3 +185,24 @@ def test_real_case_development_mode_never_reads_half_b(tmp_path):
     image, labels = read_real_case(*find_real_case(data))
     inner = split_halves(*split_halves(image, labels)["A"])
     assert result["case"]["A2"]["tumors"] == count_lesions(inner["B"][1].array == 2)
+
+
+def test_the_demo_tells_the_story_on_the_real_case(tmp_path):
+    """`demo --real-case`: half A becomes the library's one case, half B is what is scored and
+    shown; the default model, Retrain and the floor by size."""
+    data = tmp_path / "case"
+    write_as_real_case(data, seed=3)
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "LiverTumorSegLib", "demo", "--quick", "--out", str(out), "--real-case", str(data)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data"].startswith("real case") and report["held_out_cases"] == ["lits117_B"]
+    assert [p.name for p in (out / "library" / "cases").iterdir()] == ["lits117_half_a"]
+    for stage in ("default_model", "retrained", "threshold_floor"):
+        assert report[stage]["n_cases"] == 1
+    b_tumors = count_lesions(split_halves(*read_real_case(*find_real_case(data)))["B"][1].array == 2)
+    assert sum(of for _, of in report["retrained"]["lesions_by_size"].values()) == b_tumors
+    assert (out / "lits117_B_overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert "real case" in done.stdout and "| after Retrain |" in done.stdout

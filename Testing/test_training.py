@@ -72,8 +72,11 @@ def test_trained_model_segments_an_unseen_case(trained):
 def test_training_reports_progress_and_records_what_it_did(trained):
     model, reports = trained
     stages = [r["stage"] for r in reports]
-    assert stages[0] == "prepare" and "train" in stages and stages[-2:] == ["spot pass", "spot pass"]
-    assert stages.index("train") < stages.index("validate") < stages.index("spot pass")
+    assert stages[0] == "prepare" and "train" in stages and stages[-2:] == ["intensity floor", "intensity floor"]
+    assert stages.index("train") < stages.index("validate") < stages.index("spot pass") < stages.index("intensity floor")
+    floor = model.meta["intensity_floor"]  # fitted on the three cases; kept or not, it says how it did there
+    assert floor["fit"]["lesions"] >= floor["fit"]["lesions_on_tumor"] > 0
+    assert (floor["threshold_hu"] is None) == ("why" in floor)
     spots = model.meta["spot_detector"]  # fitted on these cases and synthetic copies of them
     assert 0.0 < spots["cut"] < 1.0 and spots["settings"]["min_diameter_mm"] == 10.0
     assert spots["fit_summary"]["groups"] == 3 and spots["fit_summary"]["tumor_candidates"] >= 3
@@ -105,6 +108,57 @@ def test_synthetic_copies_join_training_but_not_validation(cases):
         quick_settings(synthetic_copies=-1)
 
 
+def test_one_case_trains_outside_its_validation_slab_and_gets_copies():
+    """A single annotated case: only a slab's labels are withheld, so training still has the
+    case's other tumors, and synthetic copies of it (with the slab's tumors hidden)."""
+    from LiverTumorSegLib.core.features import prepare_case
+    from LiverTumorSegLib.training.train import _allowed_outside, _withheld_slices
+    from LiverTumorSegLib.training.validation import split_validation
+
+    case = as_case(TRAIN_SEEDS[0])
+    settings = quick_settings(max_steps=2, synthetic_copies=1)
+    model = train_model([case], settings)
+    assert model.meta["validation"]["mode"] == "region"
+    assert model.meta["n_synthetic_cases"] == 1 and model.meta["n_tumors"] >= 1
+    prepared = prepare_case(case[1], case[2].array > 0, settings.feature_settings(), labels=case[2].array)
+    split = split_validation([prepared], settings, np.random.default_rng(settings.seed))
+    allowed = split.allowed[0]
+    (_, (z0, z1)), = split.validation
+    assert not allowed[z0:z1].any() and allowed[:z0].all() and allowed[z1:].all()  # no margin beyond the slab
+    lo, hi = _withheld_slices(prepared, allowed)
+    assert 0 <= lo < hi <= case[1].shape[0]
+    again = _allowed_outside(prepared, (lo, hi))
+    assert not (again & ~allowed).any()  # the copies withhold at least the slab
+
+
+def test_a_threshold_is_only_chosen_on_held_out_cases():
+    from LiverTumorSegLib.training.validation import Split, validate
+
+    truth = np.zeros((20, 20, 20), bool)
+    truth[5:15, 5:15, 5:15] = True
+    liver = np.ones_like(truth)
+    prob = np.where(truth, 0.3, 0.02).astype(np.float32)  # found only below 0.5
+    pieces = [(prob, liver, truth, (2.0, 2.0, 2.0))]
+    held_out = validate(pieces, Split([1], {}, [(0, None)], "cases"), quick_settings())
+    assert held_out["threshold"] < 0.5 and held_out["threshold_source"] == "validation"
+    for too_little in (Split([0], {}, [(0, (0, 20))], "region"), Split([0], {}, [(0, None)], "in-sample")):
+        kept = validate(pieces, too_little, quick_settings())
+        assert kept["threshold"] == 0.5 and kept["threshold_source"] == "default"
+        assert kept["dice_by_threshold"]["0.30"] > kept["dice_by_threshold"]["0.50"]  # still reported
+
+
+def test_the_users_cases_weigh_by_how_many_tumors_they_hold():
+    from collections import namedtuple
+
+    from LiverTumorSegLib.training.train import _user_weight
+
+    Rehearsal = namedtuple("Rehearsal", "n_tumors")
+    rehearsal = [Rehearsal(4)] * 5 + [Rehearsal(0)]  # 20 tumors in six phantoms
+    assert _user_weight(3, 2, rehearsal) == 1  # a case with 3 tumors and its copy: one entry each
+    assert _user_weight(28, 2, rehearsal) == 4  # 28 tumors: 8 of 14 entries, about half of the batches
+    assert _user_weight(28, 2, []) == 1  # training from scratch: no rehearsal to balance
+
+
 def test_save_load_round_trip_gives_the_same_segmentation(trained, tmp_path):
     model, _ = trained
     folder = save_model(model, tmp_path / "v001")
@@ -131,6 +185,8 @@ def test_fine_tuning_starts_from_the_model_and_replays_all_cases(trained, cases,
     assert tuned.meta["training_cases"] == [c[0] for c in cases] + ["phantom-14"]
     assert tuned.spec == model.spec and tuned.feature_settings == model.feature_settings
     assert tuned.meta["spot_detector"] == parent.meta["spot_detector"] is not None  # kept, not refitted on the few new cases
+    assert tuned.meta["intensity_floor"]["fit"]["lesions"] > 0  # refitted on the user's cases
+    assert 0 < tuned.meta["user_share"] < 1
     # Four small steps from the parent stay near it; a fresh network is far away.
     p, t = model.network.state_dict(), tuned.network.state_dict()
     moved = sum(float((t[k] - p[k]).abs().sum()) for k in p if p[k].dtype.is_floating_point)

@@ -29,21 +29,18 @@ benchmarks/work/real_case/ under the engine's source hash, so an interrupted run
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 import benchcommon as bc
 import small_data as sd
-from LiverTumorSegLib.evaluation.real_case import (
-    ASSUMED_SPACING_MM, IMAGE_MEMBER, LABELS_MEMBER, PACKAGE, find_real_case, read_real_case, split_halves,
-)
+from LiverTumorSegLib.errors import InputError
+from LiverTumorSegLib.evaluation.real_case import ASSUMED_SPACING_MM, PACKAGE, find_real_case, read_real_case, split_halves
 from LiverTumorSegLib.protocol import train_command
 
 SIZES = ("5-10mm", "10-20mm", ">20mm")
@@ -78,21 +75,15 @@ def fetch_case(cache: Path) -> Path:
     try:
         find_real_case(cache)
         return cache
-    except Exception:
+    except InputError:
         pass
     cache.mkdir(parents=True, exist_ok=True)
     bc.log(f"fetching {PACKAGE} into {cache}")
     done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
                            PACKAGE, "-d", str(cache)], capture_output=True, text=True)
-    wheels = sorted(cache.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
+    if done.returncode != 0:
         raise SystemExit(f"could not download {PACKAGE} ({done.stderr.strip()[-300:]}); give --data DIR with the two MRC files")
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        for member in (IMAGE_MEMBER, LABELS_MEMBER):
-            target = cache / Path(member).name
-            tmp = target.with_suffix(".part")
-            tmp.write_bytes(wheel.read(member))
-            os.replace(tmp, target)
+    find_real_case(cache)  # unpacks the wheel
     return cache
 
 
@@ -176,7 +167,7 @@ def splits(image, labels, develop: bool) -> list[tuple[str, tuple, str, tuple]]:
 
 
 def run_all(args) -> dict:
-    from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
+    from LiverTumorSegLib.core.floor import fit_threshold_baseline
     from LiverTumorSegLib.storage.modelstore import default_model_path, read_model_json
 
     threads = bc.set_threads(args.threads)
@@ -264,8 +255,6 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    from LiverTumorSegLib.errors import InputError
-
     args = parse_args(argv)
     try:
         result = run_all(args)

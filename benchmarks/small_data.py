@@ -14,7 +14,7 @@ mhpnet_synthetic:
     unet3d              plain 3D U-Net on the CT channel
     mhpnet_synthetic    MHP-Net plus one synthetic variant of each training case (synthesis.synthetic_copy:
                         its own tumors pasted elsewhere, Hu-recipe tumors added): the product's default
-    threshold           the classical floor (floors.fit_threshold_baseline), fitted on the same cases
+    threshold           the classical floor (floor.fit_threshold_baseline), fitted on the same cases
     threshold_relative  the same floor on HU relative to each case's liver median ("darker than this
                         liver"): a stronger floor where liver enhancement differs between cases
 
@@ -275,7 +275,7 @@ def liver_relative(image, liver: np.ndarray):
 def fit_floor(kind: str, train_cases: list):
     """One of the FLOORS fitted on [(case_id, image, labels, ...)]: (ThresholdBaseline,
     predict(image, liver) -> bool mask); "threshold_relative" thresholds HU minus the liver median."""
-    from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline
+    from LiverTumorSegLib.core.floor import fit_threshold_baseline
 
     relative = kind == "threshold_relative"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 
-from LiverTumorSegLib.evaluation.floors import fit_threshold_baseline  # noqa: E402
+from LiverTumorSegLib.core.floor import fit_threshold_baseline  # noqa: E402
 from LiverTumorSegLib.cli import make_progress_printer  # noqa: E402
 from LiverTumorSegLib.core.inference import segment  # noqa: E402
 from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize  # noqa: E402
@@ -107,7 +107,8 @@ def main() -> int:
         print(json.dumps(held_out_evaluation(load_model(args.evaluate_only), train, full), indent=1))
         return 0
     settings = TrainSettings(seed=args.seed, minutes=args.minutes, max_steps=args.steps,
-                             spot_pass=False)  # not on this data: fitted below (model.json says by what)
+                             spot_pass=False,  # not on this data: fitted below (model.json says by what)
+                             intensity_floor=False)  # phantom HU say nothing about a user's scanner
     report, close = make_progress_printer(False)
     t0 = time.perf_counter()
     try:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spot-pass", action="store_true",
                    help="no spot pass (10-25 mm spots the network misses, fitted on your cases; with --init the "
                         "parent's is kept unless this is given)")
+    p.add_argument("--no-intensity-floor", action="store_true",
+                   help="no intensity floor (a smoothed HU threshold fitted on your cases, whose lesions the "
+                        "network missed are added; leave it on unless your cases mix scanners or contrast phases)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument(PROGRESS_JSON, action="store_true", help="print progress as JSON lines (for the Slicer module)")
@@ -98,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than loopback: anyone who reaches it can read and change your library")
 
-    p = sub.add_parser("demo", help="end to end: phantoms -> train on a few tumors -> segment held-out cases")
+    p = sub.add_parser("demo", help="end to end: the default model, Retrain on annotated tumors, the new model, "
+                                    "on the real case (--real-case) or on phantoms")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=5.0, help="Retrain's time cap in minutes (default 5)")
     p.add_argument("--quick", action="store_true", help="tiny version (about a minute) for tests")
+    p.add_argument("--real-case", type=Path, default=None,
+                   help="folder holding the real case (LiTS 117 from liver-ct-segmentation-package==1.6.0: its wheel "
+                        "or the two MRC files; `make demo` downloads it); phantoms when absent or not there")
     return parser
 
 
@@ -341,7 +348,7 @@ def cmd_train(args) -> int:
         synthetic = {} if args.synthetic_copies is None else {"synthetic_copies": args.synthetic_copies}
         synthetic["synthesis"] = args.synthesis or "default"
         settings = TrainSettings(seed=args.seed, minutes=args.minutes, arch=args.arch, spot_pass=not args.no_spot_pass,
-                                 **budget, **hessian, **synthetic)
+                                 intensity_floor=not args.no_intensity_floor, **budget, **hessian, **synthetic)
         report, close = make_progress_printer(args.progress_json)
         try:
             model = train_model(cases, settings, init=init, progress=report)
@@ -416,7 +423,7 @@ def cmd_demo(args) -> int:
     reason = unwritable_reason(Path(args.out) / "metrics.json")
     if reason:
         raise InputError(f"--out {args.out} cannot be written: {reason}; choose a folder you can write to")
-    run_demo(Path(args.out), seed=args.seed, minutes=args.minutes, quick=args.quick)
+    run_demo(Path(args.out), seed=args.seed, minutes=args.minutes, quick=args.quick, real_case=args.real_case)
     return 0
 
 

@@ -1,12 +1,15 @@
-"""`livertumorseg demo`: a radiologist's story, end to end on generated data.
+"""`livertumorseg demo`: a radiologist's story, end to end.
 
-The shipped default model segments held-out cases; then Retrain fine-tunes it on the tumors of
-a few training cases (as the Slicer module's Retrain does, rehearsal included); the new model
-segments the same held-out cases. Dice and tumors found by size (5-10, 10-20, > 20 mm) before
-and after, next to the classical threshold floor, go to metrics.json and the console. The overlay
-PNG shows the first held-out case (chosen by its seed, never by its result): the slice with the
-most tumor and a slice through its smallest tumor, found or missed. A CT and the tumor
-segmentation are left for 3D Slicer.
+On the real case when it is there (`--real-case FOLDER`, which `make demo` fills with `pip
+download`; evaluation/real_case.py): half A of a real contrast CT is the radiologist's annotated
+case, half B what they segment next. Without it, on generated phantoms (training and held-out
+cases), and the console and metrics.json say so. The shipped default model segments the held-out
+data; then Retrain fine-tunes it on the annotated tumors (as the Slicer module's Retrain does,
+rehearsal and intensity floor included); the new model segments the same data. Dice and tumors
+found by size (5-10, 10-20, > 20 mm) before and after, next to the classical threshold floor
+fitted on the same annotated tumors, go to metrics.json and the console. The overlay PNG shows
+the first held-out case (chosen before any result): the slice with the most tumor and a slice
+through its smallest tumor, found or missed. A CT and the tumor segmentation are left for 3D Slicer.
 """
 
 from __future__ import annotations
@@ -22,28 +25,26 @@ from .errors import InputError
 TRAIN_CASES, TEST_CASES = 3, 4
 
 
-def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False) -> dict:
+def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False, real_case: Path | None = None) -> dict:
     from .storage import images
-    from .evaluation.floors import fit_threshold_baseline
-    from .storage.library import CaseLibrary, find_case_folders
+    from .core.floor import fit_threshold_baseline
+    from .storage.library import CaseLibrary
     from .storage.modelstore import default_model_path, load_model, parent_check_warning, save_model
-    from .data.phantom import PhantomSettings, write_phantom_cases
     from .training.train import TrainSettings, train_model
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; remove it or pass another --out folder")
-    settings = PhantomSettings.small() if quick else None
     train_settings = TrainSettings(seed=seed, minutes=min(minutes, 0.5), max_steps=8, rehearsal_cases=1, check_cases=1) \
         if quick else TrainSettings(seed=seed, minutes=minutes)
 
-    print(f"1/5 writing {TRAIN_CASES} training and {TEST_CASES} held-out phantom cases to {out}")
     library = CaseLibrary(out / "library")
-    write_phantom_cases(library.cases_dir, TRAIN_CASES, seed, settings)
-    test_dir = out / "held_out"
-    write_phantom_cases(test_dir, TEST_CASES, seed + 1000, settings)
-    train = [_load(folder) for folder in find_case_folders(library.root)]
-    test = [_load(folder) for folder in find_case_folders(test_dir)]
+    train, test, data = _real_case_data(library, real_case) if real_case is not None else (None, None, None)
+    if train is None:
+        if data:
+            print(f"1/5 {data}")
+        train, test = _phantom_data(library, out, seed, quick)
+        data = f"phantoms: {TRAIN_CASES} training and {TEST_CASES} held-out cases" + (f" ({data})" if data else "")
     n_tumors = sum(info.tumor_count for info in library.list_cases())
     floor = fit_threshold_baseline([(img, lab.array > 0, lab.array == 2) for _, img, lab in train])
 
@@ -78,6 +79,7 @@ def run_demo(out: Path, seed: int = 0, minutes: float = 5.0, quick: bool = False
     images.write_segmentation(out / f"{name}_tumor.seg.nrrd", image.with_array(after.view(np.uint8)), [images.TUMOR_SEGMENT])
     png = write_overlay_png(out / f"{name}_overlay.png", image, labels.array == 2, after, before)
     report = {
+        "data": data,
         "training": {"cases": len(train), "tumors": n_tumors, "seconds": round(train_s, 1), "steps": model.meta["steps"],
                      "init": str(default) if init else None, "parent_check": model.meta.get("parent_check")},
         "held_out_cases": [c[0] for c in test],
@@ -115,6 +117,36 @@ def _segment_all(predictor, cases) -> dict:
         masks.append(mask)
         rows.append(evaluate_case(mask, truth, image.spacing_zyx))
     return {"masks": masks, "summary": summarize(rows), "seconds": seconds}
+
+
+def _real_case_data(library, folder: Path):
+    """(train, test, what) from the real case in `folder`: half A into the library, half B held
+    out; (None, None, why not) when it is not there."""
+    from .evaluation.real_case import ASSUMED_SPACING_MM, PACKAGE, find_real_case, read_real_case, split_halves
+    from .storage.library import find_case_folders
+
+    try:
+        halves = split_halves(*read_real_case(*find_real_case(folder)))
+    except InputError as error:
+        return None, None, f"the real case is not available ({error}): the demo runs on phantoms instead"
+    print(f"1/5 the real case (LiTS 117 from {PACKAGE}, {ASSUMED_SPACING_MM} mm assumed): half A into the case "
+          f"library as your annotated case, half B held out")
+    library.add_case(*halves["A"], source=f"LiTS 117, half A ({PACKAGE}; CC BY-NC-SA 4.0)", case_id="lits117_half_a")
+    train = [_load(folder) for folder in find_case_folders(library.root)]
+    return train, [("lits117_B", *halves["B"])], f"real case: LiTS 117 ({PACKAGE}), Retrain on half A, scored on half B"
+
+
+def _phantom_data(library, out: Path, seed: int, quick: bool):
+    """(train, test): phantom cases written into the library and into out/held_out."""
+    from .data.phantom import PhantomSettings, write_phantom_cases
+    from .storage.library import find_case_folders
+
+    settings = PhantomSettings.small() if quick else None
+    print(f"1/5 writing {TRAIN_CASES} training and {TEST_CASES} held-out phantom cases to {out}")
+    write_phantom_cases(library.cases_dir, TRAIN_CASES, seed, settings)
+    test_dir = out / "held_out"
+    write_phantom_cases(test_dir, TEST_CASES, seed + 1000, settings)
+    return [_load(folder) for folder in find_case_folders(library.root)], [_load(folder) for folder in find_case_folders(test_dir)]
 
 
 STAGE_NAMES = {"default_model": "default model", "retrained": "after Retrain", "threshold_floor": "threshold floor"}

@@ -1,5 +1,6 @@
 """Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
-the CT grid -> the spot pass (spots.py) -> threshold inside the liver -> drop specks -> lesion table.
+the CT grid -> the spot pass (spots.py) -> the lesions of the model's intensity floor that the
+network left out (floor.py) -> threshold inside the liver -> drop specks -> lesion table.
 
 Why no sliding window: small windows at 50% overlap compute each voxel ~8 times, and one window
 per forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
@@ -21,6 +22,7 @@ from scipy import ndimage
 from ..errors import InputError
 from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions, lesion_table
 from .features import prepare_case
+from .floor import floor_of
 from .spots import detector_of
 from ..volume import Volume
 
@@ -86,6 +88,13 @@ def segment(
         t = time.perf_counter()
         detector.add_to(probability, image, liver, float(model.threshold), within=box)
         timings["spots_s"] = time.perf_counter() - t
+    floor = floor_of(model)
+    if floor is not None and liver is not None:  # the lesions of the floor fitted on the user's cases (floor.py)
+        t = time.perf_counter()
+        found = mask_from_probability(probability[rim], liver[rim], float(model.threshold), image.spacing_zyx,
+                                      model.min_lesion_mm3)
+        floor.add_missed_lesions(probability, image, liver, float(model.threshold), rim, found)
+        timings["floor_s"] = time.perf_counter() - t
     t = time.perf_counter()
     # The probability is 0 outside the box (liver's or body's), and the threshold is above 0: threshold
     # and clean up around the box only.

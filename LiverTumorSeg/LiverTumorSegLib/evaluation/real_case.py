@@ -32,6 +32,7 @@ IMAGE_MEMBER = "liver_ct_segmentation_package/data/img_117.mrc"
 LABELS_MEMBER = "liver_ct_segmentation_package/data/lab_117.mrc"
 ASSUMED_SPACING_MM = 1.5
 HALVES = ("A", "B")
+WHEEL_PATTERN = "liver_ct_segmentation_package-1.6.0-*.whl"
 
 
 def read_real_case(image_path: str | os.PathLike, labels_path: str | os.PathLike,
@@ -65,11 +66,34 @@ def split_halves(image: Volume, labels: Volume) -> dict[str, tuple[Volume, Volum
 
 
 def find_real_case(folder: str | os.PathLike) -> tuple[Path, Path]:
-    """The MRC pair inside `folder` (an unpacked package or a folder holding the two files)."""
+    """The MRC pair inside `folder` (an unpacked package or a folder holding the two files); the
+    package's wheel in `folder` (as `pip download` leaves it) is unpacked there first."""
     folder = Path(folder)
     for base in (folder, folder / Path(IMAGE_MEMBER).parent):
         image, labels = base / Path(IMAGE_MEMBER).name, base / Path(LABELS_MEMBER).name
         if image.is_file() and labels.is_file():
             return image, labels
+    wheels = sorted(folder.glob(WHEEL_PATTERN)) if folder.is_dir() else []
+    if wheels:
+        return _unpack(wheels[-1], folder)
     raise InputError(f"no {Path(IMAGE_MEMBER).name} and {Path(LABELS_MEMBER).name} in {folder}; "
-                     f"fetch them with `pip download --no-deps {PACKAGE}` and unpack the wheel there")
+                     f"fetch them with `pip download --no-deps {PACKAGE} -d {folder}`")
+
+
+def _unpack(wheel_path: Path, folder: Path) -> tuple[Path, Path]:
+    """The MRC pair written next to the wheel (each file complete or absent)."""
+    import zipfile
+
+    from ..storage.fsutil import atomic_path
+
+    try:
+        with zipfile.ZipFile(wheel_path) as wheel:
+            out = []
+            for member in (IMAGE_MEMBER, LABELS_MEMBER):
+                target = folder / Path(member).name
+                with atomic_path(target) as tmp:
+                    Path(tmp).write_bytes(wheel.read(member))
+                out.append(target)
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise InputError(f"{wheel_path} is not the {PACKAGE} wheel ({error}); delete it and download it again") from error
+    return out[0], out[1]

@@ -53,13 +53,15 @@ class CaseSampler:
 
     features (C, z, y, x) float32, tumor and liver (z, y, x) bool; `hu_per_unit` gives, per
     intensity channel, how many HU one unit is (None for Hessian channels, which get no offset).
-    `allowed` (z, y, x) bool restricts the centres (a validation region left out). The loss
-    weight is 1 inside the liver and on tumors, 0 elsewhere.
+    `allowed` (z, y, x) bool: where centres may lie and the loss counts (a validation region
+    left out is False: patches may reach into it as context, but its labels never teach). The
+    loss weight is 1 inside the liver and on tumors where allowed, 0 elsewhere.
     """
 
     def __init__(self, features, tumor, liver, hu_per_unit, allowed=None, hard_channel=None, flip_plan=None):
         # One (C + 2) stack so a patch is one crop: features, then target, then loss weight.
-        weight = (liver | tumor).astype(np.float32)
+        weight = (liver | tumor) if allowed is None else ((liver | tumor) & allowed)
+        weight = weight.astype(np.float32)
         self._stack = np.concatenate([features, tumor[None].astype(np.float32), weight[None]])
         self.shape = tuple(tumor.shape)
         self.hu_per_unit = list(hu_per_unit)
@@ -72,7 +74,7 @@ class CaseSampler:
         self._tumor_voxels = [order[starts[i - 1] : starts[i]] for i in range(1, count + 1)]
         grown = ndimage.binary_dilation(tumor, iterations=2)
         shrunk = ndimage.binary_erosion(tumor, iterations=2)
-        self._boundary = np.flatnonzero(grown & ~shrunk & (region | tumor))
+        self._boundary = np.flatnonzero(grown & ~shrunk & (region | (tumor if allowed is None else tumor & allowed)))
         self._liver = np.flatnonzero(region)
         score = -features[0] if hard_channel is None else features[hard_channel]
         candidates = region & ~grown

@@ -56,6 +56,9 @@ class TrainSettings:
     search spends on candidates that lose.
     spot_pass: fit the spot pass (core/spots.py: 10-25 mm spots the network misses) on the training
     cases; fine-tuning keeps the parent's.
+    intensity_floor: fit the smoothed-HU floor on the training cases and let segment add its lesions
+    that the network leaves out (core/floor.py); off only for models trained on phantoms, whose
+    HU say nothing about a user's scanner (the shipped default model).
     Measurements behind these defaults: benchmarks/RESULTS.md.
     """
 
@@ -86,6 +89,7 @@ class TrainSettings:
     synthesis: str = "fixed"
     synthesis_search_share: float = 0.16
     spot_pass: bool = True
+    intensity_floor: bool = True
 
     def __post_init__(self):
         if self.synthesis not in SYNTHESIS_MODES:

@@ -5,8 +5,8 @@ hold out validation data (validation.py) -> synthetic copies of the training cas
 fine-tuning, rehearsal phantoms (rehearsal.py) -> Adam on Dice + BCE over balanced, augmented
 patches inside the liver until max_steps or the time cap (loop.py; with synthesis "auto" inside
 the search of synthesis_search.py) -> the moving average of the weights is the model -> the
-decision threshold chosen on the held-out data -> the spot pass (spot_fitting.py) -> when
-fine-tuning, the parent check (parent_check.py).
+decision threshold chosen on held-out cases (0.5 without them) -> the spot pass (spot_fitting.py) -> the
+intensity floor (core/floor.py) -> when fine-tuning, the parent check (parent_check.py).
 Deterministic: the same cases, settings and seed give the same weights (same machine and thread
 count; a time cap that ends the run before max_steps ends it at a machine-dependent step).
 """
@@ -58,8 +58,11 @@ def train_model(
 
     mode, why = resolve_mode(settings.synthesis, settings.synthetic_copies, sum(count_lesions(p.tumor) for p in prepared))
     copies = max(settings.synthetic_copies, 1) if mode == "auto" else settings.synthetic_copies if mode == "fixed" else 0
-    synthetic = [sampler(p) for p in _synthetic_prepared(cases, split, copies, _fixed_copy(settings), features, clock)]
+    synthetic = [sampler(p, allowed)
+                 for p, allowed in _synthetic_prepared(cases, prepared, split, copies, _fixed_copy(settings), features, clock)]
     rehearsal = [] if init is None else [sampler(p) for p in _rehearsal_prepared(settings, features, clock)]
+    weight = _user_weight(n_real_tumors, len(samplers) + len(synthetic), rehearsal)
+    samplers, synthetic = samplers * weight, synthetic * weight
     network, spec = _initial_network(settings, features, init)
     lr = settings.lr * (settings.fine_tune_lr_factor if init is not None else 1.0)
     deadline = start + settings.minutes * 60.0 - _reserve_s(prepared, split, settings, init)
@@ -67,8 +70,9 @@ def train_model(
     def candidate_samplers(candidate, index):  # a synthesis search candidate's own synthetic cases
         if candidate.family is None:
             return synthetic
-        return [sampler(p) for p in _synthetic_prepared(cases, split, candidate.copies, _family_copy(settings, candidate, index),
-                                                        features, clock)]
+        made = _synthetic_prepared(cases, prepared, split, candidate.copies, _family_copy(settings, candidate, index),
+                                   features, clock)
+        return [sampler(p, allowed) for p, allowed in made] * weight
 
     with _deterministic_algorithms():
         trained = None
@@ -85,8 +89,11 @@ def train_model(
     pieces = validation_pieces(averaged, prepared, split, clock)
     validation = validate(pieces, split, settings)
     meta = _meta(cases, settings, init, split, steps, last_loss, validation, train_seconds, averaged, n_real_tumors,
-                 n_synthetic, synthesis)
+                 n_synthetic // weight, synthesis)
+    user = len(samplers) + n_synthetic
+    meta["user_share"] = round(user / max(user + len(rehearsal), 1), 3)  # of the cases a patch is drawn from
     meta["spot_detector"] = _spot_detector(cases, init, settings, clock)
+    meta["intensity_floor"] = _intensity_floor(cases, settings, clock)
     meta["total_seconds"] = round(time.perf_counter() - start, 1)
     averaged.eval()
     model = TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
@@ -147,6 +154,8 @@ def _reserve_s(prepared, split: Split, settings: TrainSettings, init) -> float:
     """Seconds kept from the time cap for what follows the loop: validation (and, when
     fine-tuning, the parent's too and the check set), and the spot pass's fitting."""
     reserve = 1.0 + 6e-7 * sum(prepared[i].liver.size for i, _ in split.validation)
+    if settings.intensity_floor:  # a blur and a threshold over each case's liver box on the CT grid, twice
+        reserve += sum(0.2 + 6e-8 * (b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]) for b in (p.box for p in prepared))
     if init is not None:
         reserve = 2 * reserve + 3.0 * settings.check_cases
     if init is None and settings.spot_pass:  # fitted on each case and its copies
@@ -155,6 +164,18 @@ def _reserve_s(prepared, split: Split, settings: TrainSettings, init) -> float:
         reserve += sum((1 + SPOT_VARIANTS) * (0.3 + 1.5e-7 * (b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]))
                        for b in (p.box for p in prepared))
     return reserve
+
+
+def _user_weight(n_user_tumors: int, n_user_samplers: int, rehearsal: list) -> int:
+    """How many times each of the user's cases (real and synthetic) is listed beside the rehearsal
+    phantoms, whose cases are drawn uniformly: at least once, and so that each labelled tumor of
+    the user's weighs about as much as one rehearsal tumor. A library of 28 tumors then fills
+    about half the batches, one of 3 keeps one case's plain share: what the user labelled is
+    what the new model must learn, rehearsal only stops it forgetting."""
+    n_rehearsal_tumors = sum(s.n_tumors for s in rehearsal)
+    if not rehearsal or n_rehearsal_tumors == 0 or n_user_samplers == 0:
+        return 1
+    return max(1, int(round(n_user_tumors * len(rehearsal) / (n_rehearsal_tumors * n_user_samplers))))
 
 
 def _sampler_factory(features: FeatureSettings):
@@ -184,6 +205,20 @@ def _spot_detector(cases, init: TrainedModel | None, settings: TrainSettings, cl
     return None if detector is None else detector.to_dict()
 
 
+def _intensity_floor(cases, settings: TrainSettings, clock) -> dict | None:
+    """model.json's "intensity_floor": the smoothed-HU floor fitted on all the training cases
+    (core/floor.py; threshold_hu None when it was not kept), or None when switched off."""
+    if not settings.intensity_floor:
+        return None
+    from ..core.floor import fit_intensity_floor
+
+    clock.report("intensity floor", 0, 1)
+    clock.check()
+    floor = fit_intensity_floor([(image, labels.array > 0, labels.array == 2) for _, image, labels in cases])
+    clock.report("intensity floor", 1, 1)
+    return floor
+
+
 def _prepare_all(cases, features: FeatureSettings, clock, stage: str) -> list:
     """[(case_id, image, labels)] prepared for training, reported as `stage`."""
     out = []
@@ -201,20 +236,49 @@ def _rehearsal_prepared(settings: TrainSettings, features: FeatureSettings, cloc
     return _prepare_all(rehearsal_cases(settings.rehearsal_cases), features, clock, "rehearsal")
 
 
-def _synthetic_prepared(cases, split: Split, copies: int, make_copy, features: FeatureSettings, clock) -> list:
-    """`copies` prepared synthetic variants of each training case, make_copy(image, labels, case
-    index, copy number) -> (image, labels); none of a case whose validation region is held out
-    (a pasted copy could carry that region's tumors into training)."""
-    sources = [i for i in split.train if i not in split.allowed]
+def _synthetic_prepared(cases, prepared, split: Split, copies: int, make_copy, features: FeatureSettings, clock) -> list:
+    """[(prepared copy, allowed or None)]: `copies` synthetic variants of each training case,
+    make_copy(image, labels, case index, copy number) -> (image, labels). A case whose validation
+    slab is held out is copied with the tumor labels of the slab's CT slices hidden (so none of
+    them is pasted elsewhere), and its copies withhold those slices too."""
     out = []
-    for i in sources:
+    for i in split.train:
         _, image, labels = cases[i]
+        band = None if i not in split.allowed else _withheld_slices(prepared[i], split.allowed[i])
+        if band is not None:
+            array = labels.array.copy()
+            hidden = array[band[0] : band[1]]
+            hidden[hidden == 2] = 1
+            labels = labels.with_array(array)
         for copy in range(copies):
             clock.check()
             image2, labels2 = make_copy(image, labels, i, copy)
-            out.append(prepare_case(image2, labels2.array > 0, features, labels=labels2.array))
-            clock.report("synthesize", len(out), len(sources) * copies)
+            p = prepare_case(image2, labels2.array > 0, features, labels=labels2.array)
+            out.append((p, None if band is None else _allowed_outside(p, band)))
+            clock.report("synthesize", len(out), len(split.train) * copies)
     return out
+
+
+def _withheld_slices(prepared: Prepared, allowed: np.ndarray) -> tuple[int, int]:
+    """The CT slices (lo, hi) that the working-grid slab withheld from training covers, one more
+    on each side."""
+    withheld = np.flatnonzero(~allowed.any(axis=(1, 2)))
+    z0, z1 = prepared.box[:2]
+    per_slice = (z1 - z0) / prepared.shape[0]
+    lo = z0 + int(np.floor(withheld[0] * per_slice)) - 1
+    hi = z0 + int(np.ceil((withheld[-1] + 1) * per_slice)) + 1
+    return max(lo, 0), min(hi, prepared.input_shape[0])
+
+
+def _allowed_outside(prepared: Prepared, band: tuple[int, int]) -> np.ndarray:
+    """Working-grid mask, False on every slice that touches the CT slices `band`."""
+    z0, z1 = prepared.box[:2]
+    per_slice = (z1 - z0) / prepared.shape[0]
+    starts = z0 + np.arange(prepared.shape[0]) * per_slice
+    touching = (starts < band[1]) & (starts + per_slice > band[0])
+    allowed = np.ones(prepared.shape, dtype=bool)
+    allowed[touching] = False
+    return allowed
 
 
 def _fixed_copy(settings: TrainSettings):
