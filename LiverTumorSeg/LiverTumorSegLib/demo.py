@@ -132,7 +132,7 @@ def _real_case_data(library, folder: Path):
     print(f"1/5 the real case (LiTS 117 from {PACKAGE}, {ASSUMED_SPACING_MM} mm assumed): half A into the case "
           f"library as your annotated case, half B held out")
     library.add_case(*halves["A"], source=f"LiTS 117, half A ({PACKAGE}; CC BY-NC-SA 4.0)", case_id="lits117_half_a")
-    train = [_load(folder) for folder in find_case_folders(library.root)]
+    train = [_load(case_dir) for case_dir in find_case_folders(library.root)]
     return train, [("lits117_B", *halves["B"])], f"real case: LiTS 117 ({PACKAGE}), Retrain on half A, scored on half B"
 
 

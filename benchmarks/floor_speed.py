@@ -1,0 +1,60 @@
+"""What the intensity floor (core/floor.py) costs `segment` on a full-size CT: the shipped default
+model (which has no floor) with and without a floor written into its model.json, on speed.py's
+512 x 512 x 200 phantom, one torch thread, `--repeats` timed runs each after one warm-up.
+
+The floor is 91 HU (the one Retrain fits on the real case's half A), not fitted on this phantom:
+its liver is brighter, so the floor marks a few hundred spots, each of which passes the speck and
+sliver tests. That is the expensive case; a floor fitted on the user's own scanner marks far fewer.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/floor_speed.py      # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import benchcommon as bc
+import speed
+
+FLOOR = {"threshold_hu": 91.0, "sigma_mm": 1.0, "min_lesion_mm3": 50.0}
+
+
+def main(argv=None) -> dict:
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.storage import images
+    from LiverTumorSegLib.storage.modelstore import default_model_path, load_model
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--slices", type=int, default=200)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    bc.set_threads(1)
+    folder = bc.WORK_DIR / "floor_speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path, liver_path = speed.make_volume(args.slices, 512, folder)
+    image = images.read_image(image_path)
+    liver = images.read_liver_mask(liver_path, image)
+    plain = load_model(default_model_path())
+    floored = copy.copy(plain)
+    floored.meta = {**plain.meta, "intensity_floor": FLOOR}
+    rows = {}
+    for name, model in (("default model", plain), ("default model + floor", floored)):
+        segment(image, liver, model)  # warm-up
+        runs = [segment(image, liver, model) for _ in range(args.repeats)]
+        rows[name] = {"total_s": round(statistics.median(r.timings["total_s"] for r in runs), 2),
+                      "floor_s": round(statistics.median(r.timings.get("floor_s", 0.0) for r in runs), 2),
+                      "lesions": len(runs[0].lesions)}
+        bc.log(f"{name}: {rows[name]}")
+    result = {**bc.result_header("floor_speed", "floor_speed.py", "full", vars(args) | {"out": str(args.out)}),
+              "shape_zyx": list(image.shape), "floor": FLOOR, "machine": bc.machine(), "rows": rows}
+    bc.write_json((args.out or bc.results_dir("full")) / "floor_speed.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
