@@ -74,6 +74,11 @@ def test_training_reports_progress_and_records_what_it_did(trained):
     stages = [r["stage"] for r in reports]
     assert stages[0] == "prepare" and "train" in stages and stages[-2:] == ["intensity floor", "intensity floor"]
     assert stages.index("train") < stages.index("validate") < stages.index("spot pass") < stages.index("intensity floor")
+    from LiverTumorSegLib.slicer.rules import TRAINING_STAGE_SPAN, describeProgress
+
+    assert set(stages) <= set(TRAINING_STAGE_SPAN)  # the panel's one progress bar knows every stage...
+    percents = [describeProgress(r)[0] for r in reports]
+    assert percents == sorted(percents)  # ...and never runs backwards
     floor = model.meta["intensity_floor"]  # fitted on the three cases; kept or not, it says how it did there
     assert floor["fit"]["lesions"] >= floor["fit"]["lesions_on_tumor"] > 0
     assert (floor["threshold_hu"] is None) == ("why" in floor)

@@ -27,7 +27,7 @@ NO_CASE_SELECTED = "no case selected"
 # Share of the progress bar per stage (percent), so one bar covers the whole run: `train`, and
 # `segment` (reading the CT comes before its first report, writing the result after "done").
 TRAINING_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "rehearsal": (5, 6), "train": (6, 94), "validate": (94, 96),
-                       "spot pass": (96, 97), "parent check": (97, 100), "done": (100, 100)}
+                       "spot pass": (96, 97), "intensity floor": (97, 98), "parent check": (98, 100), "done": (100, 100)}
 SEGMENT_STAGE_SPAN = {"prepare": (0, 15), "network": (15, 80), "postprocess": (80, 100), "done": (100, 100)}
 
 
