@@ -38,7 +38,11 @@ class ThresholdBaseline:
 
     def segment(self, image: Volume, liver: np.ndarray) -> np.ndarray:
         """Boolean tumor mask on the image grid."""
-        smooth = smoothed_hu(image, liver, self.sigma_mm)
+        return self.mask_of(smoothed_hu(image, liver, self.sigma_mm), image, liver)
+
+    def mask_of(self, smooth: np.ndarray, image: Volume, liver: np.ndarray) -> np.ndarray:
+        """segment's mask from the smoothed HU (smoothed_hu with this sigma), computed once by a caller
+        that thresholds it more than once."""
         mask = liver & (smooth < self.threshold_hu)
         drop_small_lesions(mask, image.voxel_volume_mm3, self.min_lesion_mm3)
         return drop_surface_slivers(mask, liver, image.spacing_zyx)
@@ -131,16 +135,24 @@ def fit_intensity_floor(cases: list[tuple[Volume, np.ndarray, np.ndarray]], sigm
     shows there that one HU threshold does not carry over); with one, on the case itself."""
     histograms = [_histograms(image, liver, tumor, sigma_mm) for image, liver, tumor in cases]
     floor = ThresholdBaseline(threshold_hu=_best_threshold(histograms), sigma_mm=sigma_mm)
-    fit = _lesion_check(floor, cases)
-    with_tumor = [i for i, (t, _) in enumerate(histograms) if t.sum() > 0]
-    judged_on, counts = "the training cases", fit
-    if len(with_tumor) >= 2:
-        counts = dict.fromkeys(_COUNTS, 0)
-        for i, case in enumerate(cases):
+    left_out = sum(t.sum() > 0 for t, _ in histograms) >= 2
+    totals, left_out_totals = dict.fromkeys(_COUNTS, 0), dict.fromkeys(_COUNTS, 0)
+    true = 0
+    for i, (image, liver, tumor) in enumerate(cases):
+        smooth = smoothed_hu(image, liver, sigma_mm)  # once per case for both floors
+        _add(totals, _counts(floor.mask_of(smooth, image, liver), tumor))
+        true += int(np.count_nonzero(tumor & liver))
+        if left_out:
             others = ThresholdBaseline(_best_threshold([h for j, h in enumerate(histograms) if j != i]), sigma_mm)
-            one = _lesion_check(others, [case])
-            counts = {k: counts[k] + one[k] for k in _COUNTS}
-        judged_on = "each case, by the floor fitted on the others"
+            _add(left_out_totals, _counts(others.mask_of(smooth, image, liver), tumor))
+    precision = totals["lesions_on_tumor"] / totals["lesions"] if totals["lesions"] else None
+    fit = {"dice": round(2.0 * totals["voxels_on_tumor"] / max(totals["voxels"] + true, 1), 4),
+           "lesions": totals["lesions"], "lesions_on_tumor": totals["lesions_on_tumor"],
+           "lesion_precision": None if precision is None else round(precision, 4), "voxels": totals["voxels"],
+           "voxels_on_tumor": totals["voxels_on_tumor"]}
+    judged_on, counts = "the training cases", totals
+    if left_out:
+        judged_on, counts = "each case, by the floor fitted on the others", left_out_totals
         fit["left_out"] = {k: counts[k] for k in ("lesions", "lesions_on_tumor")}
     fit["judged_on"] = judged_on
     lesion_share = counts["lesions_on_tumor"] / counts["lesions"] if counts["lesions"] else 1.0
@@ -156,19 +168,14 @@ def fit_intensity_floor(cases: list[tuple[Volume, np.ndarray, np.ndarray]], sigm
 _COUNTS = ("lesions", "lesions_on_tumor", "voxels", "voxels_on_tumor")
 
 
-def _lesion_check(floor: ThresholdBaseline, cases) -> dict:
-    """The floor on (image, liver, tumor) cases: pooled Dice, its lesions and those touching a
-    tumor, its voxels and those inside one (one lesion over the whole liver touches every tumor)."""
-    inter = predicted = true = n_lesions = on_tumor = 0
-    for image, liver, tumor in cases:
-        mask = floor.segment(image, liver)
-        inter += int(np.count_nonzero(mask & tumor))
-        predicted += int(np.count_nonzero(mask))
-        true += int(np.count_nonzero(tumor & liver))
-        components, count = label_lesions(mask)
-        n_lesions += count
-        on_tumor += int(len(np.setdiff1d(np.unique(components[tumor]), [0])))
-    precision = on_tumor / n_lesions if n_lesions else None
-    return {"dice": round(2.0 * inter / max(predicted + true, 1), 4), "lesions": n_lesions, "lesions_on_tumor": on_tumor,
-            "lesion_precision": None if precision is None else round(precision, 4), "voxels": predicted,
-            "voxels_on_tumor": inter}
+def _counts(mask: np.ndarray, tumor: np.ndarray) -> dict:
+    """A floor's mask on one case: its lesions and those touching a tumor, its voxels and those
+    inside one (one lesion over the whole liver touches every tumor)."""
+    components, count = label_lesions(mask)
+    return {"lesions": count, "lesions_on_tumor": int(len(np.setdiff1d(np.unique(components[tumor]), [0]))),
+            "voxels": int(np.count_nonzero(mask)), "voxels_on_tumor": int(np.count_nonzero(mask & tumor))}
+
+
+def _add(totals: dict, counts: dict) -> None:
+    for key in _COUNTS:
+        totals[key] += counts[key]

@@ -59,14 +59,13 @@ class CaseSampler:
     """
 
     def __init__(self, features, tumor, liver, hu_per_unit, allowed=None, hard_channel=None, flip_plan=None):
+        region = liver if allowed is None else (liver & allowed)
+        taught = tumor if allowed is None else (tumor & allowed)
         # One (C + 2) stack so a patch is one crop: features, then target, then loss weight.
-        weight = (liver | tumor) if allowed is None else ((liver | tumor) & allowed)
-        weight = weight.astype(np.float32)
-        self._stack = np.concatenate([features, tumor[None].astype(np.float32), weight[None]])
+        self._stack = np.concatenate([features, tumor[None].astype(np.float32), (region | taught)[None].astype(np.float32)])
         self.shape = tuple(tumor.shape)
         self.hu_per_unit = list(hu_per_unit)
         self.flip_plan = flip_plan
-        region = liver if allowed is None else (liver & allowed)
         components, count = label_lesions(tumor & region)
         order = np.argsort(components, axis=None, kind="stable")
         sizes = np.bincount(components.ravel(), minlength=count + 1)
@@ -74,7 +73,7 @@ class CaseSampler:
         self._tumor_voxels = [order[starts[i - 1] : starts[i]] for i in range(1, count + 1)]
         grown = ndimage.binary_dilation(tumor, iterations=2)
         shrunk = ndimage.binary_erosion(tumor, iterations=2)
-        self._boundary = np.flatnonzero(grown & ~shrunk & (region | (tumor if allowed is None else tumor & allowed)))
+        self._boundary = np.flatnonzero(grown & ~shrunk & (region | taught))
         self._liver = np.flatnonzero(region)
         score = -features[0] if hard_channel is None else features[hard_channel]
         candidates = region & ~grown

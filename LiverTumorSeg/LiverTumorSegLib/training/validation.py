@@ -115,9 +115,9 @@ def validate(pieces: list, split: Split, settings) -> dict:
     tp = np.cumsum(tumor_hist[::-1])[::-1][1:]
     predicted = tp + np.cumsum(other_hist[::-1])[::-1][1:]
     dice_raw = 2 * tp / np.maximum(predicted + true_total, 1)
-    if split.mode != "cases":  # a slab, or nothing held out: too little evidence to move the threshold
-        best, source = THRESHOLDS.index(0.5), "default"
-    elif dice_raw.max() < MIN_EVIDENCE_DICE:  # the held-out tumors were hardly found: keep 0.5
+    # Keep 0.5 without held-out cases (a slab, or nothing: too little evidence) and when the held-out
+    # tumors were hardly found.
+    if split.mode != "cases" or dice_raw.max() < MIN_EVIDENCE_DICE:
         best, source = THRESHOLDS.index(0.5), "default"
     else:
         best, source = int(np.argmax(dice_raw - 1e-9 * np.abs(np.asarray(THRESHOLDS) - 0.5))), "validation"
