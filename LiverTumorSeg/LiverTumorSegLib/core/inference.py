@@ -1,6 +1,7 @@
 """Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
 the CT grid -> the spot pass (spots.py) -> the lesions of the model's intensity floor that the
-network left out (floor.py) -> threshold inside the liver -> drop specks -> lesion table.
+network left out (floor.py) -> each lesion out to its own edge (outline.py) -> threshold inside
+the liver -> drop specks -> lesion table.
 
 Why no sliding window: small windows at 50% overlap compute each voxel ~8 times, and one window
 per forward pass wastes the CPU. The network is fully convolutional and uses frozen batch-norm
@@ -23,6 +24,7 @@ from ..errors import InputError
 from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions, lesion_table
 from .features import prepare_case
 from .floor import floor_of
+from .outline import grow_to_edges
 from .spots import detector_of
 from ..volume import Volume
 
@@ -50,9 +52,11 @@ def segment(
     model,
     threshold: float | None = None,
     progress: Callable[[dict], None] | None = None,
+    edges: bool = True,
 ) -> SegmentResult:
     """Tumor probability, mask and lesion table for a CT in HU. `liver` (bool, CT grid) confines the
-    search and makes it fast; None searches the whole image. threshold None = the model's own."""
+    search and makes it fast; None searches the whole image. threshold None = the model's own.
+    edges=False leaves the lesions as the network drew them (only to measure what outline.py does)."""
     threshold = float(model.threshold if threshold is None else threshold)
     if not 0.0 < threshold < 1.0:
         raise InputError(f"threshold {threshold} is outside (0, 1); use e.g. 0.5")
@@ -95,6 +99,15 @@ def segment(
                                       model.min_lesion_mm3)
         floor.add_missed_lesions(probability, image, liver, float(model.threshold), rim, found)
         timings["floor_s"] = time.perf_counter() - t
+    if edges and liver is not None:  # each lesion out to its own edge in HU (outline.py)
+        t = time.perf_counter()
+        found = mask_from_probability(probability[rim], liver[rim], float(model.threshold), image.spacing_zyx,
+                                      model.min_lesion_mm3)
+        sub = Volume(np.asarray(image.array[rim]), image.spacing, image.origin, image.direction)
+        grown = grow_to_edges(found, sub, liver[rim])
+        local = probability[rim]
+        local[grown] = np.maximum(local[grown], np.float32(model.threshold))
+        timings["edges_s"] = time.perf_counter() - t
     t = time.perf_counter()
     # The probability is 0 outside the box (liver's or body's), and the threshold is above 0: threshold
     # and clean up around the box only.
