@@ -1,6 +1,8 @@
-"""What the intensity floor (core/floor.py) costs `segment` on a full-size CT: the shipped default
-model (which has no floor) with and without a floor written into its model.json, on speed.py's
-512 x 512 x 200 phantom, one torch thread, `--repeats` timed runs each after one warm-up.
+"""What the intensity floor (core/floor.py) and the outline step (core/outline.py) cost `segment` on
+a full-size CT: the shipped default model (which has no floor) with its lesions as the network drew
+them, as the product draws them (out to their edges), and with a floor written into its model.json,
+on speed.py's 512 x 512 x 200 phantom, one torch thread, `--repeats` timed rounds after one warm-up
+(each round runs every variant once, so a busy machine slows all of them alike).
 
 The floor is 91 HU (the one Retrain fits on the real case's half A), not fitted on this phantom:
 its liver is brighter, so the floor marks a few hundred spots, each of which passes the speck and
@@ -42,13 +44,18 @@ def main(argv=None) -> dict:
     plain = load_model(default_model_path())
     floored = copy.copy(plain)
     floored.meta = {**plain.meta, "intensity_floor": FLOOR}
+    variants = {"default model, lesions as drawn": (plain, False), "default model": (plain, True),
+                "default model + floor": (floored, True)}
+    runs = {name: [] for name in variants}
+    for round_ in range(args.repeats + 1):  # round 0 is the warm-up
+        for name, (model, edges) in variants.items():
+            result = segment(image, liver, model, edges=edges)
+            if round_:
+                runs[name].append(result)
     rows = {}
-    for name, model in (("default model", plain), ("default model + floor", floored)):
-        segment(image, liver, model)  # warm-up
-        runs = [segment(image, liver, model) for _ in range(args.repeats)]
-        rows[name] = {"total_s": round(statistics.median(r.timings["total_s"] for r in runs), 2),
-                      "floor_s": round(statistics.median(r.timings.get("floor_s", 0.0) for r in runs), 2),
-                      "lesions": len(runs[0].lesions)}
+    for name, done in runs.items():
+        rows[name] = {key: round(statistics.median(r.timings.get(key, 0.0) for r in done), 2)
+                      for key in ("total_s", "floor_s", "edges_s")} | {"lesions": len(done[0].lesions)}
         bc.log(f"{name}: {rows[name]}")
     result = {**bc.result_header("floor_speed", "floor_speed.py", "full", vars(args) | {"out": str(args.out)}),
               "shape_zyx": list(image.shape), "floor": FLOOR, "machine": bc.machine(), "rows": rows}
