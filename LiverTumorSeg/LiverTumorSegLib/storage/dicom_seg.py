@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .fsutil import atomic_path
 from .image_files import dicom_series_files
-from .segmentations import LIVER_CODE, SegmentInfo, segment_class, terminology_entry
+from .segmentations import LIVER_CODE, TUMOR_SEGMENT, SegmentInfo, segment_class, terminology_entry
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 DICOM_SEG_SUFFIXES = (".dcm",)
@@ -97,10 +97,11 @@ def _check_slices_match(volume: Volume, datasets: list, folder) -> None:
 
 
 def _quiet_highdicom() -> None:
-    """highdicom logs each module it copies at INFO; the command line shows INFO: keep its warnings only."""
+    """highdicom logs each module it copies at INFO and how it encodes an empty mask at WARNING; the
+    command line shows both: only its errors are kept (ours say what went wrong)."""
     import logging
 
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
 
 
 def _coded(code: tuple):
@@ -139,6 +140,7 @@ def write_tumor_seg(path, tumor: Volume, dicom_folder, model_version: str, thres
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         anatomic_regions=[_coded(LIVER_REGION)],
+        display_color=hd.color.CIELabColor.from_rgb(*(255 * c for c in TUMOR_SEGMENT.color)),  # the .seg.nrrd colour
     )
     digest = hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()
     entropy = [str(datasets[0].SeriesInstanceUID), str(model_version), f"{threshold:.6g}", digest]
