@@ -1,4 +1,4 @@
-"""The `livertumorseg` command line: segment, train, evaluate, phantom, web, demo.
+"""The `livertumorseg` command line: segment, batch, train, evaluate, phantom, web, demo.
 
 Bad input prints one line naming the problem and the fix, and exits with code 2, with nothing
 written: every output path is checked (type, writable, not an input, not another output, not an
@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "so the application stays responsive)")
     p.add_argument(PROGRESS_JSON, action="store_true", help="print progress as JSON lines (for the Slicer module)")
 
+    p = sub.add_parser("batch", help="segment many CTs into a results folder (results.csv + each case's outputs); "
+                                     "resumable, locally or on a Dask cluster")
+    p.add_argument("cases", help="CSV (columns ct, optional liver and case) or a folder of DICOM series folders, case "
+                                 "folders (image.nrrd + label.nrrd) or CT files")
+    p.add_argument("--out", required=True, help="results folder; run again to resume (finished cases are skipped)")
+    p.add_argument("--model", help="model folder or model.pt (default: the shipped default model)")
+    p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786): run the cases "
+                                       "on its workers instead of locally")
+
     p = sub.add_parser("evaluate", help="compare a predicted tumor mask with the truth; prints JSON")
     p.add_argument("pred", help="predicted labelmap or .seg.nrrd")
     p.add_argument("truth", help="truth labelmap or .seg.nrrd (LiTS labels: 2 = tumor)")
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("default", category=UserWarning, append=True)  # (a caller's own filters come first)
     warnings.formatwarning = lambda message, category, *a, **k: f"{WARNING_PREFIX} {message}\n"
-    commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
+    commands = {"segment": cmd_segment, "batch": cmd_batch, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
                 "web": cmd_web}
     try:
         return commands[args.command](args) or 0
@@ -297,6 +309,12 @@ def write_dicom_seg_output(out: Path, result, dicom_folder, model) -> None:
     from .storage.dicom_seg import write_tumor_seg
 
     write_tumor_seg(out, result.tumor, dicom_folder, model.meta.get("version", "unknown"), result.threshold)
+
+
+def cmd_batch(args) -> int:
+    from .batch import batch_command
+
+    return batch_command(args)
 
 
 def library_root(cases: str | os.PathLike) -> Path:
