@@ -10,7 +10,7 @@ an existing Dask distributed cluster (Dask schedules, retries the cases of a wor
 and its workers keep the model between cases).
 
 Resumable: a case is complete when its case.json holds the hash of its inputs' bytes, the model's
-and the settings' (`case_key`) and its outputs exist; a rerun skips it. case.json is written last,
+and the settings' (`case_key`) and its outputs still have the bytes it recorded; a rerun skips it. case.json is written last,
 after the outputs are renamed into place, so a case cut short (Ctrl-C, a killed worker) has no
 case.json, or an old one with another hash, and is redone. A case that fails is one row with its
 one-line reason; the others go on. results.csv is rewritten atomically after every case.
@@ -195,14 +195,14 @@ def cached_model(model_path: str, digest: str):
 
 def _completed_row(folder: Path, key: str) -> dict | None:
     """The row stored by a complete earlier run with the same key, else None (absent, other key,
-    an output missing)."""
+    an output missing or changed)."""
     from .storage.fsutil import read_json_object
 
     stored, problem = read_json_object(folder / CASE_FILE)
-    if problem or stored.get("key") != key:
+    if problem or stored.get("key") != key or not isinstance(stored.get("outputs"), dict):
         return None
-    if not all((folder / name).is_file() for name in stored.get("outputs", [])):
-        return None
+    if not all(files_digest(folder / name) == digest for name, digest in stored["outputs"].items()):
+        return None  # an output removed, damaged or replaced since
     return stored.get("row")
 
 
@@ -229,7 +229,8 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
         row = _row(case, "done", note, seconds=round(time.perf_counter() - start, 2), **numbers)
         from .storage.fsutil import write_json_atomic
 
-        write_json_atomic(folder / CASE_FILE, {"key": key, "case": asdict(case), "outputs": outputs, "row": row})
+        write_json_atomic(folder / CASE_FILE, {"key": key, "case": asdict(case), "row": row,
+                                               "outputs": {name: files_digest(folder / name) for name in outputs}})
         return row
     except KeyboardInterrupt:
         raise
