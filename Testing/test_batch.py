@@ -132,3 +132,33 @@ def test_batch_command_line_and_bad_arguments(inputs, tmp_path, capsys):
     assert main(["batch", str(table), "--out", str(tmp_path / "o2"), "--workers", "0"]) == 2
     assert main(["batch", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o3")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_worker_killed_mid_run_costs_nothing(inputs, tmp_path):
+    """A worker process killed (SIGKILL, as by the out-of-memory killer) while it runs a case: Dask
+    gives the case to another worker, every case gets its row, no temp file is left behind."""
+    from distributed import Client, LocalCluster
+
+    _, cases = inputs
+    out = tmp_path / "killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
+            Client(local) as client:
+        pids = client.run(os.getpid)  # {worker address: pid}
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(rows=run_batch(
+            cases, settings_for(out), scheduler=client, progress=False)))
+        runner.start()
+        victim, deadline = None, time.monotonic() + 60
+        while victim is None and time.monotonic() < deadline:
+            busy = [address for address, keys in client.processing().items()
+                    if any("dicom" in str(key) or "phantom" in str(key) for key in keys)]
+            victim = busy[0] if busy else None
+            time.sleep(0.05)
+        assert victim is not None, "no case started within 60 s"
+        os.kill(pids[victim], signal.SIGKILL)
+        runner.join(timeout=120)
+        assert not runner.is_alive()
+    rows = result["rows"]
+    assert [(r["case"], r["status"]) for r in rows] == [("phantom", "done"), ("dicom", "done"), ("broken", "failed")]
+    assert len(read_table(out / "results.csv")) == 3
+    assert not [p for p in out.rglob(".*")]
