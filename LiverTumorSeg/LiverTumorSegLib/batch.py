@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -374,8 +375,11 @@ def _run_dask(cases, settings, scheduler, finished) -> None:
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
+        # Keys unique to this run: a key the scheduler still remembers from an earlier run would be
+        # answered with that run's row instead of running (and skipping) the case again.
+        run_id = uuid.uuid4().hex[:12]
         futures = client.map(run_case, cases, settings=settings, pure=False,
-                             key=[f"livertumorseg-{case.name}-{i}" for i, case in enumerate(cases)])
+                             key=[f"livertumorseg-{case.name}-{run_id}" for case in cases])
         case_of = {future.key: case for future, case in zip(futures, cases)}
         try:
             for future in as_completed(futures):
@@ -411,7 +415,9 @@ def batch_command(args) -> int:
     model_path = Path(args.model) if args.model else default_model_path()
     load_model(model_path)  # a bad model is reported once, before any case
     workers = args.workers or default_workers()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    # On a cluster each worker runs one case per Dask thread: one torch thread each (start workers
+    # with --nthreads 1 and --nworkers = cores); locally the cores are shared out between workers.
+    threads = args.threads or (1 if args.scheduler else max(1, (os.cpu_count() or 1) // workers))
     settings = BatchSettings(str(out), str(model_path), model_digest(model_path), args.threshold, threads)
     rows = run_batch(cases, settings, workers=workers, scheduler=args.scheduler)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder or model.pt (default: the shipped default model)")
     p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=int, help="torch threads per case (default: cores / workers; 1 with --scheduler)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786): run the cases "
                                        "on its workers instead of locally")
 
