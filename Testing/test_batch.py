@@ -65,7 +65,7 @@ def numbers(row: dict) -> dict:
 def cluster():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
         with Client(local) as client:
             yield client
 
@@ -141,7 +141,7 @@ def test_a_worker_killed_mid_run_costs_nothing(inputs, tmp_path):
 
     _, cases = inputs
     out = tmp_path / "killed"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local, \
             Client(local) as client:
         pids = client.run(os.getpid)  # {worker address: pid}
         result: dict = {}

@@ -74,7 +74,7 @@ def main() -> int:
         from distributed import Client, LocalCluster
 
         start = time.perf_counter()
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             startup = time.perf_counter() - start
             runs.append({"path": "dask LocalCluster (processes)", "cluster_start_s": round(startup, 2),

@@ -111,11 +111,13 @@ def _coded(code: tuple):
     return hd.sr.CodedConcept(value, scheme, meaning)
 
 
-def write_tumor_seg(path, tumor: Volume, dicom_folder, model_version: str, threshold: float) -> None:
-    """A binary DICOM SEG of `tumor` (uint8/bool (z, y, x) on the CT grid read from `dicom_folder`)
-    with one segment "Liver tumor", referencing every source slice. Its UIDs derive from the source
-    series, the model version and the mask's content: the same run gives the same UIDs, a
-    different result new ones. Written atomically (temp file + rename)."""
+def write_tumor_seg(path, tumor: Volume, source, model_version: str, threshold: float) -> None:
+    """A binary DICOM SEG of `tumor` (uint8/bool (z, y, x) on the CT grid) with one segment "Liver
+    tumor", referencing every source slice. `source`: the DICOM series folder the CT was read from,
+    or its slices' headers in slice order (`source_datasets`, kept by a front end whose upload
+    folder is gone). Its UIDs derive from the source series, the model version and the mask's
+    content: the same run gives the same UIDs, a different result new ones. Written atomically
+    (temp file + rename)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
@@ -123,8 +125,8 @@ def write_tumor_seg(path, tumor: Volume, dicom_folder, model_version: str, thres
     from .. import __version__
 
     _quiet_highdicom()
-    datasets = source_datasets(dicom_folder)
-    _check_slices_match(tumor, datasets, dicom_folder)
+    datasets = list(source) if isinstance(source, (list, tuple)) else source_datasets(source)
+    _check_slices_match(tumor, datasets, source if not isinstance(source, (list, tuple)) else "the CT's series")
     mask = np.ascontiguousarray(tumor.array != 0).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=ALGORITHM_NAME,
