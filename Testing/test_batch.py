@@ -162,3 +162,48 @@ def test_a_worker_killed_mid_run_costs_nothing(inputs, tmp_path):
     assert [(r["case"], r["status"]) for r in rows] == [("phantom", "done"), ("dicom", "done"), ("broken", "failed")]
     assert len(read_table(out / "results.csv")) == 3
     assert not [p for p in out.rglob(".*")]
+
+
+def test_a_done_case_keeps_its_warnings_in_its_row(inputs, tmp_path, totalseg_dir):
+    """A CT whose liver mask lies partly outside it: segmented, and the row says what was dropped."""
+    root, _ = inputs
+    ct = images.read_image(totalseg_dir / "example_ct_sm.nii.gz", keep_integer=True)
+    from LiverTumorSegLib.volume import Volume
+
+    images.write_image(Volume(ct.array[:20], ct.spacing, ct.origin, ct.direction), tmp_path / "top.nrrd")  # 20 of 30 slices
+    table = tmp_path / "cases.csv"
+    table.write_text(f"ct,liver\n{tmp_path / 'top.nrrd'},{totalseg_dir / 'example_ct_sm_liver.nii.gz'}\n")
+    row = run_batch(find_cases(table), settings_for(tmp_path / "out"), workers=1, progress=False)[0]
+    assert row["status"] == "done" and row["error"].startswith("warning: ") and "outside the CT" in row["error"]
+
+
+def test_ctrl_c_leaves_no_half_written_file_and_the_rerun_completes(tmp_path):
+    """SIGINT to the command's process group (what Ctrl-C does) once the first case is in the table:
+    exit 130, no temp file anywhere, every case.json beside complete outputs; the same command then
+    finishes the rest."""
+    import subprocess
+    import sys
+
+    cases = write_phantom_cases(tmp_path / "in", 4, seed=4, settings=PhantomSettings.small())
+    command = [sys.executable, "-m", "LiverTumorSegLib", "batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+               "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    table, deadline = tmp_path / "out" / "results.csv", time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None and not (table.exists() and len(read_table(table)) >= 1):
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    out = tmp_path / "out"
+    assert not [p for p in out.rglob(".*")]
+    finished = [p.parent.name for p in out.glob("*/case.json")]
+    assert 1 <= len(read_table(table)) <= len(finished) < len(cases)
+    for name in finished:
+        assert (out / name / "tumor.seg.nrrd").is_file() and (out / name / "lesions.csv").is_file()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = read_table(table)
+    assert len(rows) == len(cases) and sorted(r["status"] for r in rows) == sorted(
+        ["skipped"] * len(finished) + ["done"] * (len(cases) - len(finished)))

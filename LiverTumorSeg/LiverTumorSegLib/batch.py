@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -39,6 +40,7 @@ CASE_FILE = "case.json"
 RESULTS_FILE = "results.csv"
 IMAGE_NAMES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 HASH_CHUNK = 1 << 20
+EXIT_CANCELLED = 130  # as the command line's other commands (128 + SIGINT)
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,8 @@ def _row(case: Case, status: str, error: str = "", **numbers) -> dict:
 def run_case(case: Case, settings: BatchSettings) -> dict:
     """Segment one case into `<out>/<case.name>/` and return its results row; a case whose outputs
     are complete for the same key is skipped (its stored row, status 'skipped'). Any error becomes
-    a 'failed' row with the one-line reason: one case never stops the others."""
+    a 'failed' row with the one-line reason: one case never stops the others. A done case's
+    warnings (not HU, a mask outside the CT, ...) go in its error column."""
     start = time.perf_counter()
     folder = Path(settings.out) / case.name
     try:
@@ -224,10 +227,13 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
         stored = _completed_row(folder, key)
         if stored is not None:
             return {**stored, "status": "skipped"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # one row per case: warnings would interleave between workers
+        with warnings.catch_warnings(record=True) as caught:  # into the case's row: printed, they would
+            warnings.simplefilter("always")                     # interleave between workers
             numbers, outputs, note = _segment_case(case, settings, folder)
-        row = _row(case, "done", note, seconds=round(time.perf_counter() - start, 2), **numbers)
+        notes = [note] if note else []
+        ours = [w for w in caught if "LiverTumorSeg" in str(w.filename)]  # a library's once-per-process ones would
+        notes += [f"warning: {w.message}".replace("\n", " ") for w in ours]  # differ between workers
+        row = _row(case, "done", "; ".join(notes), seconds=round(time.perf_counter() - start, 2), **numbers)
         from .storage.fsutil import write_json_atomic
 
         write_json_atomic(folder / CASE_FILE, {"key": key, "case": asdict(case), "row": row,
@@ -419,7 +425,12 @@ def batch_command(args) -> int:
     # with --nthreads 1 and --nworkers = cores); locally the cores are shared out between workers.
     threads = args.threads or (1 if args.scheduler else max(1, (os.cpu_count() or 1) // workers))
     settings = BatchSettings(str(out), str(model_path), model_digest(model_path), args.threshold, threads)
-    rows = run_batch(cases, settings, workers=workers, scheduler=args.scheduler)
+    try:
+        rows = run_batch(cases, settings, workers=workers, scheduler=args.scheduler)
+    except KeyboardInterrupt:
+        print(f"cancelled; the cases finished so far are kept ({out / RESULTS_FILE}), none half-written: run the same "
+              "command again to resume", file=sys.stderr)
+        return EXIT_CANCELLED
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}
     print(f"{len(rows)} case(s): {counts['done']} done, {counts['skipped']} skipped (done before), "
           f"{counts['failed']} failed -> {out / RESULTS_FILE}")
