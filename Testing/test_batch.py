@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LiverTumorSegLib.batch import (RESULT_COLUMNS, BatchSettings, Case, find_cases, model_digest, run_batch)
+from LiverTumorSegLib.batch import RESULT_COLUMNS, BatchSettings, find_cases, model_digest, run_batch
 from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.data.dicom_series import write_ct_series
 from LiverTumorSegLib.data.phantom import PhantomSettings, write_phantom_cases

@@ -94,16 +94,25 @@ def cases_from_csv(path: Path) -> list[Case]:
     if not rows or "ct" not in rows[0]:
         raise InputError(f"{path} needs a header row with a 'ct' column (and optionally 'liver' and 'case'), "
                          "then one row per case")
+    def resolve(text: str) -> str:
+        return str(Path(text) if Path(text).is_absolute() else path.parent / text)
+
     cases = []
     for i, row in enumerate(rows, start=2):
         ct = (row.get("ct") or "").strip()
         if not ct:
             raise InputError(f"{path}, line {i}: no CT path; give one per row (or delete the row)")
         liver = (row.get("liver") or "").strip() or None
-        resolve = lambda p: str(p if Path(p).is_absolute() else path.parent / p)  # noqa: E731
-        stem = Path(ct).name.split(".")[0] or Path(ct).parent.name
-        cases.append(Case(_safe_name((row.get("case") or "").strip() or stem), resolve(ct), liver and resolve(liver)))
+        name = (row.get("case") or "").strip() or _stem(Path(ct).name)
+        cases.append(Case(_safe_name(name), resolve(ct), resolve(liver) if liver else None))
     return cases
+
+
+def _stem(name: str) -> str:
+    """A file name without its image suffix (ct.nii.gz -> ct); a folder's name as it is."""
+    lower = name.lower()
+    suffix = next((s for s in sorted(IMAGE_NAMES, key=len, reverse=True) if lower.endswith(s)), "")
+    return name[: len(name) - len(suffix)]
 
 
 def cases_from_folder(folder: Path) -> list[Case]:
@@ -126,8 +135,8 @@ def cases_from_folder(folder: Path) -> list[Case]:
             if child.is_dir():
                 visit(child)
             elif child.name.lower().endswith(IMAGE_NAMES) and not child.name.lower().endswith(".seg.nrrd"):
-                stem = child.name[: -len(next(s for s in IMAGE_NAMES[::-1] if child.name.lower().endswith(s)))]
-                cases.append(Case(_safe_name("_".join(child.parent.relative_to(folder).parts + (stem,))), str(child)))
+                parts = child.parent.relative_to(folder).parts + (_stem(child.name),)
+                cases.append(Case(_safe_name("_".join(parts)), str(child)))
 
     visit(folder)
     return cases

@@ -32,7 +32,6 @@ from .image_files import dicom_series_files
 from .segmentations import LIVER_CODE, TUMOR_SEGMENT, SegmentInfo, segment_class, terminology_entry
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-DICOM_SEG_SUFFIXES = (".dcm",)
 ALGORITHM_NAME = "LiverTumorSeg"
 SEG_SERIES_NUMBER = 9001  # after the scanner's own series numbers, which rarely pass a few hundred
 TUMOR_LABEL = "Liver tumor"
