@@ -30,7 +30,7 @@ def write_ct(path: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:
 def test_help_lists_every_command():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("segment", "train", "evaluate", "phantom", "demo"):
+    for command in ("segment", "batch", "train", "evaluate", "phantom", "demo"):
         assert command in result.stdout
 
 

@@ -25,7 +25,7 @@ WEB = "LiverTumorSegWeb"
 
 # The rank of each place in the package: an import may only go to the same rank or lower.
 RANKS = {"errors": 0, "volume": 0, "protocol": 0, "core": 1, "storage": 2, "data": 3, "evaluation": 4, "training": 5, "slicer": 6,
-         "cli": 7, "cli_outputs": 7, "demo": 7, "__main__": 8, "__init__": 0}
+         "cli": 7, "cli_outputs": 7, "batch": 7, "demo": 7, "__main__": 8, "__init__": 0}
 ENGINE_FOLDERS = ("core", "storage", "data", "evaluation", "training")
 GUI_PACKAGES = ("qt", "ctk", "PythonQt", "slicer", "vtk", "mrml", "trame", "trame_slicer")
 

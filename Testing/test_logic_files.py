@@ -85,6 +85,32 @@ def test_export_writes_the_corrected_segment(logic, totalseg_dir, tmp_path):
     empty = mrml.new_segmentation_node(logic.scene, ct, "nothing")
     with pytest.raises(InputError, match="run Segment first"):
         logic.exportResult(empty, tmp_path / "none")
+    assert "dicom_seg" not in paths  # a NIfTI CT: no DICOM SEG
+
+
+def test_export_of_a_ct_loaded_from_dicom_adds_a_dicom_seg(logic, totalseg_dir, tmp_path):
+    """The series' headers are kept when it is loaded, so the SEG can still be written after the
+    upload folder is gone (as the web app removes it)."""
+    import shutil
+
+    import pydicom
+
+    from LiverTumorSegLib.data.dicom_series import write_ct_series
+
+    series = tmp_path / "upload" / "ct"
+    write_ct_series(images.read_image(totalseg_dir / "example_ct_sm.nii.gz", keep_integer=True), series, name="logic")
+    ct = logic.loadVolume(series)
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series.iterdir()}
+    shutil.rmtree(tmp_path / "upload")
+    liverNode, liverId = logic.loadLiverSegmentation(totalseg_dir / "example_ct_sm_liver.nii.gz", ct)
+    segmentation, _ = logic.segment(ct, liverNode, liverId)
+    mask = mrml.segment_to_mask(segmentation, logic.tumorSegmentId(segmentation), ct)
+    paths = logic.exportResult(segmentation, tmp_path / "out", "case")
+    seg = pydicom.dcmread(paths["dicom_seg"])
+    assert {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == uids
+    read_back = images.read_labels_kind(paths["dicom_seg"], reference=mrml.volume_from_node(ct)).volume.array == 2
+    assert mask.any() and np.array_equal(read_back, mask)
+    assert logic.dicomSource(logic.loadVolume(totalseg_dir / "example_ct_dicom")) is None  # UIDs stripped: no SEG
 
 
 def test_load_case_from_the_library(logic, totalseg_dir):

@@ -1,4 +1,4 @@
-"""The `livertumorseg` command line: segment, train, evaluate, phantom, web, demo.
+"""The `livertumorseg` command line: segment, batch, train, evaluate, phantom, web, demo.
 
 Bad input prints one line naming the problem and the fix, and exits with code 2, with nothing
 written: every output path is checked (type, writable, not an input, not another output, not an
@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import Cancelled, InputError
 from .training.settings import TrainSettings  # light: the train help reads its defaults
 from .protocol import ERROR_PREFIX, PROGRESS_JSON, WARNING_PREFIX, progress_line
-from .cli_outputs import IMAGE_SUFFIXES, check_distinct, check_output, make_progress_printer
+from .cli_outputs import IMAGE_SUFFIXES, check_distinct, check_output, check_tumor_output, make_progress_printer
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment liver tumors in a CT")
     p.add_argument("image", help="CT: .nrrd, .nii(.gz), .mha/.mhd or a DICOM series folder")
     p.add_argument("--liver", help="liver mask (any nonzero voxel is liver; LiTS labels work as is)")
-    p.add_argument("--out", required=True, help="output: .seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz labelmap (1 = tumor)")
+    p.add_argument("--out", required=True, help="output: .seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz labelmap (1 = tumor)"
+                   "; .dcm: a DICOM SEG referencing the CT's series (the CT must be a DICOM folder)")
+    p.add_argument("--out-format", choices=("auto", "dicom-seg"), default="auto",
+                   help="auto (default): from --out's suffix; dicom-seg: a DICOM SEG whatever the name")
     p.add_argument("--model", help="model folder or model.pt (default: the shipped default model)")
     p.add_argument("--prob", help="also write the tumor probability map here (.nrrd/.nii.gz)")
     p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
@@ -77,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; Slicer passes one less, "
                    "so the application stays responsive)")
     p.add_argument(PROGRESS_JSON, action="store_true", help="print progress as JSON lines (for the Slicer module)")
+
+    p = sub.add_parser("batch", help="segment many CTs into a results folder (results.csv + each case's outputs); "
+                                     "resumable, locally or on a Dask cluster")
+    p.add_argument("cases", help="CSV (columns ct, optional liver and case) or a folder of DICOM series folders, case "
+                                 "folders (image.nrrd + label.nrrd) or CT files")
+    p.add_argument("--out", required=True, help="results folder; run again to resume (finished cases are skipped)")
+    p.add_argument("--model", help="model folder or model.pt (default: the shipped default model)")
+    p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
+    p.add_argument("--threads", type=int, help="torch threads per case (default: cores / workers; 1 with --scheduler)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786): run the cases "
+                                       "on its workers instead of locally")
 
     p = sub.add_parser("evaluate", help="compare a predicted tumor mask with the truth; prints JSON")
     p.add_argument("pred", help="predicted labelmap or .seg.nrrd")
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("default", category=UserWarning, append=True)  # (a caller's own filters come first)
     warnings.formatwarning = lambda message, category, *a, **k: f"{WARNING_PREFIX} {message}\n"
-    commands = {"segment": cmd_segment, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
+    commands = {"segment": cmd_segment, "batch": cmd_batch, "train": cmd_train, "evaluate": cmd_evaluate, "phantom": cmd_phantom, "demo": cmd_demo,
                 "web": cmd_web}
     try:
         return commands[args.command](args) or 0
@@ -209,13 +224,17 @@ def cmd_segment(args) -> int:
     from .storage.memory import memory_problem
 
     # Every output checked before any work: nothing of the user's replaced, nothing written half.
-    out = check_output(args.out, args.overwrite)
+    out, dicom_seg = check_tumor_output(args.out, args.overwrite, args.out_format, args.image)
     prob_out = check_output(args.prob, args.overwrite, IMAGE_SUFFIXES, option="--prob")
     csv_out = check_output(args.lesions, args.overwrite, (".csv",), option="--lesions")
     check_distinct({"--out": out, "--prob": prob_out, "--lesions": csv_out},
                    {"CT": args.image, "liver mask": args.liver, "model": args.model})
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold} is outside (0, 1); use e.g. 0.5")
+    if dicom_seg:  # the series must be referable by a SEG: refused before any work
+        from .storage.dicom_seg import source_datasets
+
+        source_datasets(args.image)
     if args.liver:
         # The CT and its liver are read (SimpleITK, outside Python's lock) while torch is imported
         # and the model loaded: about 1 s of the command's 6. A bad model is still reported first.
@@ -243,7 +262,10 @@ def cmd_segment(args) -> int:
         close()
     del liver
     with StagedOutputs() as staged:
-        write_tumor_output(staged.path_for(out), result.tumor)
+        if dicom_seg:
+            write_dicom_seg_output(staged.path_for(out), result, args.image, model)
+        else:
+            write_tumor_output(staged.path_for(out), result.tumor)
         if prob_out:
             images.write_image(result.probability, staged.path_for(prob_out))
         if csv_out:
@@ -280,6 +302,19 @@ def write_tumor_output(out: Path, tumor) -> None:
         images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
     else:
         images.write_labelmap(tumor, out)
+
+
+def write_dicom_seg_output(out: Path, result, dicom_folder, model) -> None:
+    """The tumor mask as a DICOM SEG referencing the CT's series (storage/dicom_seg.py)."""
+    from .storage.dicom_seg import write_tumor_seg
+
+    write_tumor_seg(out, result.tumor, dicom_folder, model.meta.get("version", "unknown"), result.threshold)
+
+
+def cmd_batch(args) -> int:
+    from .batch import batch_command
+
+    return batch_command(args)
 
 
 def library_root(cases: str | os.PathLike) -> Path:

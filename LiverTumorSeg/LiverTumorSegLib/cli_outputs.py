@@ -13,6 +13,7 @@ from .protocol import progress_line
 
 IMAGE_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")  # single files: one rename covers them (not .mhd + .raw)
 LABEL_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
+DICOM_SUFFIXES = (".dcm",)  # a DICOM SEG (segment --out); `--out-format dicom-seg` allows any name
 
 
 def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES, option: str = "--out") -> Path | None:
@@ -33,6 +34,19 @@ def check_output(path: str | None, overwrite: bool, suffixes=LABEL_SUFFIXES, opt
     if reason:
         raise InputError(f"{option} {out} cannot be written: {reason}; choose a folder you can write to")
     return out
+
+
+def check_tumor_output(path: str, overwrite: bool, out_format: str, image: str) -> tuple[Path, bool]:
+    """(checked --out path, whether it is a DICOM SEG). A DICOM SEG is chosen by `--out-format
+    dicom-seg` (any name) or a .dcm name, and only for a CT read from a DICOM series folder: a SEG
+    must reference the CT's own DICOM slices."""
+    dicom = out_format == "dicom-seg" or str(path).lower().endswith(DICOM_SUFFIXES)
+    if dicom and not Path(image).is_dir():
+        raise InputError(
+            f"--out {path}: a DICOM SEG references the CT's DICOM slices, but {image} is not a DICOM series folder; "
+            "give the CT as its DICOM folder, or write --out as .seg.nrrd (or .nrrd/.nii.gz)"
+        )
+    return check_output(path, overwrite, LABEL_SUFFIXES + DICOM_SUFFIXES if not dicom else ("",)), dicom
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -5,7 +5,7 @@ Segment (on a worker thread of the server) with a progress bar and Cancel, the t
 slice views and 3D, the lesion table (a row click centres the views on it), the threshold slider,
 trame-slicer's segment editor (paint, erase, scissors, islands, threshold, undo), Add case,
 Retrain in the background, the model list (Use = activate; an older one = rollback) and the
-downloads (.seg.nrrd, labelmap, lesion CSV).
+downloads (.seg.nrrd, labelmap, lesion CSV; a DICOM SEG when the CT was a DICOM series).
 
 Every action is a `LiverTumorSegLogic` call, the ones the Slicer widget makes; background jobs are
 polled from an asyncio task where the widget uses a QTimer. Errors are one line in the page
@@ -123,6 +123,7 @@ class LiverTumorSegWebApp(TrameApp):
         s.trame__title = TITLE
         s.lts_message, s.lts_message_type = "", "info"
         s.lts_ct_name, s.lts_liver_name = "", ""
+        s.lts_ct_dicom = False  # the CT came from a DICOM series: its result downloads as a DICOM SEG too
         s.lts_library = str(self.logic.libraryPath)
         s.lts_models, s.lts_active_model = [], ""
         s.lts_cases, s.lts_case = [], None
@@ -230,6 +231,7 @@ class LiverTumorSegWebApp(TrameApp):
                                self.ct if ct is not self.ct else None)
         self.ct, self.liver, self.output = ct, liver, None
         self.state.lts_ct_name = ct.GetName() if ct is not None else ""
+        self.state.lts_ct_dicom = self.logic.dicomSource(ct) is not None
         self.state.lts_liver_name = liver[0].GetName() if liver else ""
         self.state.lts_lesion_headers, self.state.lts_lesions = [], []
         self.addUnconfirmed = False
@@ -617,9 +619,12 @@ class LiverTumorSegWebApp(TrameApp):
                         SegmentEditorUndoRedoUI(editor_ui=self.editorUi, row=True)
                     self.editorLogic.set_ui(self.editorUi)
                 with html.Div(classes="d-flex flex-wrap mt-2", v_if="lts_has_result"):
-                    for kind, text in (("segmentation", ".seg.nrrd"), ("labelmap", "labelmap"), ("lesions", "lesion CSV")):
-                        suffix = {"segmentation": ".seg.nrrd", "labelmap": "-labelmap.nrrd", "lesions": "-lesions.csv"}[kind]
-                        v3.VBtn(f"Download {text}", size="small", classes="mr-1 mb-1", id=f"lts-download-{kind}",
+                    for kind, text in (("segmentation", ".seg.nrrd"), ("labelmap", "labelmap"), ("lesions", "lesion CSV"),
+                                       ("dicom_seg", "DICOM SEG")):
+                        suffix = {"segmentation": ".seg.nrrd", "labelmap": "-labelmap.nrrd", "lesions": "-lesions.csv",
+                                  "dicom_seg": ".dcm"}[kind]
+                        shown = {"v_if": "lts_ct_dicom"} if kind == "dicom_seg" else {}  # only for a DICOM CT
+                        v3.VBtn(f"Download {text}", size="small", classes="mr-1 mb-1", id=f"lts-download-{kind}", **shown,
                                 click=(f"utils.download(lts_ct_name + '-tumor{suffix}', "
                                        f"trigger('{ctrl.trigger_name(self.onDownload)}', ['{kind}']), "
                                        "'application/octet-stream')"))

@@ -71,6 +71,7 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         self._modelCache: dict = {}
         self._jobs: list = []  # background jobs started here, until they finish
         self._observedScenes: list = []  # (scene, observer tag) for StartCloseEvent
+        self._dicomSources: dict = {}  # CT node ID -> its DICOM slices' headers (loadVolume), for a DICOM SEG
 
     # ---- background jobs and the scene's life --------------------------------------------
     def _track(self, job):
@@ -379,7 +380,20 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         from ..storage import images
 
         image = images.read_image(path, keep_integer=True)
-        return mrml.add_volume_node(self.scene, image, name or _stemOf(path))
+        node = mrml.add_volume_node(self.scene, image, name or _stemOf(path))
+        if Path(path).is_dir():  # a DICOM series: its headers kept, so exportResult can write a DICOM SEG
+            from ..storage.dicom_seg import source_datasets
+
+            try:
+                self._dicomSources[node.GetID()] = source_datasets(path)
+            except InputError:  # e.g. UIDs stripped: the CT is usable, a SEG just cannot reference it
+                pass
+        return node
+
+    def dicomSource(self, ctNode):
+        """The DICOM slices' headers of a CT that loadVolume read from a DICOM series (None for
+        other CTs, or one whose series cannot be referenced by a SEG)."""
+        return self._dicomSources.get(ctNode.GetID()) if ctNode is not None else None
 
     def loadLiverSegmentation(self, path, ctNode, name=None):
         """A liver mask file (any nonzero voxel is liver; LiTS labels and Slicer .seg.nrrd with a

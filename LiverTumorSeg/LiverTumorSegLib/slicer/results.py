@@ -228,8 +228,9 @@ class ResultNodes:
     def exportResult(self, segmentationNode, folder, baseName="result") -> dict:
         """Write the tumor segment as it is now (with the user's corrections) the way the command
         line writes a result: `<base>.seg.nrrd` (Slicer segmentation), `<base>-labelmap.nrrd`
-        (uint8, 1 = tumor) and `<base>-lesions.csv` (the lesion table, measured on that segment).
-        Returns {"segmentation", "labelmap", "lesions"} -> path."""
+        (uint8, 1 = tumor), `<base>-lesions.csv` (the lesion table, measured on that segment) and,
+        when the CT was loaded from a DICOM series (`dicomSource`), `<base>.dcm` (a DICOM SEG
+        referencing it). Returns {"segmentation", "labelmap", "lesions"[, "dicom_seg"]} -> path."""
         from ..storage import images
         from ..core.lesions import lesion_table
         from ..storage.lesion_csv import write_lesion_csv
@@ -250,4 +251,11 @@ class ResultNodes:
         images.write_segmentation(paths["segmentation"], tumor, [images.TUMOR_SEGMENT])
         images.write_labelmap(tumor, paths["labelmap"])
         write_lesion_csv(lesion_table(mask, ct, probability), paths["lesions"])
+        source = self.dicomSource(ctNode)
+        if source is not None:
+            from ..storage.dicom_seg import write_tumor_seg
+
+            paths["dicom_seg"] = folder / f"{baseName}.dcm"
+            threshold = float(segmentationNode.GetAttribute(THRESHOLD_ATTRIBUTE) or "nan")
+            write_tumor_seg(paths["dicom_seg"], tumor, source, segmentationNode.GetAttribute(MODEL_ATTRIBUTE) or "", threshold)
         return paths

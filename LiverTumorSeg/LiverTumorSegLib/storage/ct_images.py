@@ -74,6 +74,11 @@ def read_image(path, keep_integer: bool = False) -> Volume:
     seg_message = f"{path} is a Slicer segmentation, not a CT; give the CT image here and the segmentation as the mask"
     if file_suffix(path) == SEG_SUFFIX:
         raise InputError(seg_message)
+    from .dicom_seg import is_dicom_seg
+
+    if is_dicom_seg(path):
+        raise InputError(f"{path} is a DICOM segmentation (SEG), not a CT; give the CT's DICOM series folder here "
+                         "and the SEG as the mask")
     image = read_any(path)
     if is_segmentation_image(image):
         raise InputError(seg_message)

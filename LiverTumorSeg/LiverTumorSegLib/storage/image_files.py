@@ -97,19 +97,28 @@ def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     return found
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """The series with most slices; a warning names it when the folder holds several."""
+def dicom_series_files(folder, warn: bool = True) -> tuple[str, ...]:
+    """The slice files of the series a DICOM folder is read as (the one with most slices; a
+    warning names it when the folder holds several), in the reader's order: file k is slice z = k
+    of the volume. A DICOM SEG written for that volume references these files."""
+    folder = Path(folder)
     series = _dicom_series(folder)
     if not series:
         raise InputError(
             f"no DICOM series in folder {folder}; give a folder of DICOM slices or an image file (.nrrd, .nii.gz, .mha)"
         )
     uid, files = max(series, key=lambda s: len(s[1]))
-    if len(series) > 1:
+    if len(series) > 1 and warn:
         warnings.warn(
             f"{folder} holds {len(series)} DICOM series; using {uid or 'the unnamed series'} with {len(files)} slices "
             "(the most); put the series you want alone in a folder to choose another"
         )
+    return files
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """The series with most slices (dicom_series_files)."""
+    files = dicom_series_files(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()

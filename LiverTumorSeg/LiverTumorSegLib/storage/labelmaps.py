@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..volume import Volume
 from .image_files import (as_uint8_labels, check_finite, check_write_suffix, describe_geometry, existing_path,
                           header_reader, is_segmentation_image, read_any, scalar_3d, write_atomic)
+from .dicom_seg import is_dicom_seg, read_seg_labels
 from .segmentations import labels_from_segmentation, segment_class, segment_masks
 
 # A mask whose foreground box overlaps the CT's box by less than this fraction is on another scan.
@@ -104,7 +105,7 @@ def labels_on_grid(labels: Volume, reference: Volume, source: str = "the mask") 
 
 @dataclass
 class Labels:
-    """What `read_labels_kind` found: the labels, whether they came from a Slicer segmentation
+    """What `read_labels_kind` found: the labels, whether they came from a segmentation (Slicer or DICOM SEG)
     (then 1 = a liver segment, 2 = a tumor segment, by name or terminology) and, for one, its
     segment names per class."""
 
@@ -114,8 +115,14 @@ class Labels:
 
 
 def read_labels_kind(path, reference: Volume | None = None) -> Labels:
-    """`read_labels`, saying also whether the file was a Slicer segmentation and what it held."""
+    """`read_labels`, saying also whether the file was a segmentation (Slicer .seg.nrrd or DICOM SEG)
+    and what it held."""
     path = existing_path(path)
+    if is_dicom_seg(path):  # a DICOM SEG: its liver and tumor segments, by code or name
+        labels, names = read_seg_labels(path)
+        if reference is not None:
+            labels = labels_on_grid(labels, reference, source=str(path))
+        return Labels(labels, True, names)
     image = read_any(path)
     names: dict = {}
     if is_segmentation_image(image):
