@@ -32,6 +32,11 @@ INPUT_SIZE = (189, 162, 162)  # network input box, RAS (x, y, z) voxels at 3 mm
 MARGIN = 13  # voxels at each end of an axis that the output lacks
 THRESHOLD = 0.5
 BODY_HU = -500.0  # above this is body (for covering a CT longer than one output box)
+# Peak memory: the network's activations on one box (measured 4.6 GB of process peak on
+# 189 x 162 x 162, benchmarks/liver.py), float32 copies on the 1.5 mm grid, bytes per CT voxel.
+NETWORK_BYTES = 4.8e9
+BYTES_PER_FINE_VOXEL = 16.0
+BYTES_PER_CT_VOXEL = 6.0
 
 
 @dataclass
@@ -51,6 +56,12 @@ class LiverFound:
     @property
     def volume_ml(self) -> float:
         return float(np.count_nonzero(self.mask.array)) * self.mask.voxel_volume_mm3 / 1000.0
+
+
+def peak_bytes(shape_zyx, spacing_zyx) -> float:
+    """Estimated peak memory (bytes) of `find_liver` on a CT of this shape and spacing (mm)."""
+    fine = float(np.prod([max(1.0, n * s / MEDIAN_MM) for n, s in zip(shape_zyx, spacing_zyx)]))
+    return NETWORK_BYTES + BYTES_PER_FINE_VOXEL * fine + BYTES_PER_CT_VOXEL * float(np.prod(shape_zyx))
 
 
 def network_input(ct: Volume) -> tuple[np.ndarray, liver_grid.RasFrame]:
@@ -134,7 +145,7 @@ def to_ct_grid(grid_mask: np.ndarray, shape_ras: tuple[int, int, int]) -> np.nda
     if not grid_mask.any():
         return out
     box = ndimage.find_objects(grid_mask.astype(np.uint8))[0]
-    part = grid_mask.astype(np.float32)
+    part = grid_mask.astype(np.float64)
     regions = []
     for axis, (n_in, n_out) in enumerate(zip(grid_mask.shape, shape_ras)):
         matrix = corner_aligned_matrix(n_out, n_in)
@@ -142,7 +153,7 @@ def to_ct_grid(grid_mask: np.ndarray, shape_ras: tuple[int, int, int]) -> np.nda
         reach = np.flatnonzero(np.asarray(matrix[:, lo:hi].sum(axis=1)).ravel() > 0)
         rows = slice(int(reach[0]), int(reach[-1]) + 1)
         regions.append(rows)
-        sub = matrix[rows].astype(np.float32)
+        sub = matrix[rows]
         moved = np.moveaxis(part, axis, 0)
         flat = moved.reshape(moved.shape[0], -1)
         part = np.moveaxis((sub @ flat).reshape((sub.shape[0],) + moved.shape[1:]), 0, axis)
