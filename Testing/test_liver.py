@@ -51,6 +51,8 @@ def test_normalise_keeps_float64_accuracy_on_a_big_offset_channel():
     xd = x.double()
     reference = (xd - xd.mean(dim=(2, 3, 4), keepdim=True)) / (xd.std(dim=(2, 3, 4), keepdim=True, correction=0) + 1e-7)
     assert (channel_normalise(x).double() - reference).abs().max() < 1e-4
+    last = x.contiguous(memory_format=torch.channels_last_3d)  # the layout the network runs in
+    assert (channel_normalise(last).double() - reference).abs().max() < 1e-4
 
 
 def test_upsample3_is_nearest_then_three_voxel_mean():

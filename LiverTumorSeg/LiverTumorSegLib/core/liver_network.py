@@ -59,26 +59,28 @@ def channel_normalise(x: torch.Tensor, out: torch.Tensor | None = None) -> torch
     a float64 reference (one long float32 sum over 5 million voxels drifts by ~1e-3), and the
     norm of the centred values gives the std without a squared copy.
     """
-    count = x.shape[2] * x.shape[3] * x.shape[4]
-    mean = x.sum(dim=4, keepdim=True).sum(dim=3, keepdim=True).sum(dim=2, keepdim=True) / count
-    centred = out.sub_(mean) if out is not None else x - mean
+    n, c, *spatial = x.shape
+    count = spatial[0] * spatial[1] * spatial[2]
     norm = torch.linalg.vector_norm
-    std = norm(norm(norm(centred, dim=4, keepdim=True), dim=3, keepdim=True), dim=2, keepdim=True) / count ** 0.5
+    if x.is_contiguous(memory_format=torch.channels_last_3d):
+        def total(t, reduce):  # over (y, z) together, then x: channels are the contiguous axis
+            return reduce(reduce(t.permute(0, 2, 3, 4, 1).reshape(n, spatial[0], -1, c), 2), 1).reshape(n, c, 1, 1, 1)
+    else:
+        def total(t, reduce):
+            return reduce(reduce(reduce(t, 4), 3), 2).reshape(n, c, 1, 1, 1)
+    mean = total(x, lambda t, d: t.sum(dim=d)) / count
+    centred = out.sub_(mean) if out is not None else x - mean
+    std = total(centred, lambda t, d: norm(t, dim=d)) / count ** 0.5
     return centred.div_(std + EPSILON)
 
 
 def upsample3(x: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour x3, then the mean over 3 voxels (stride 1) along each axis: a side of n
-    becomes 3n - 2, and between neighbours a and b the values are a, (2a + b) / 3, (a + 2b) / 3, b
-    (trilinear interpolation with corners aligned). Computed axis by axis in that closed form:
-    the same numbers as repeating and averaging, without the 27-fold intermediate."""
-    for dim in (2, 3, 4):
-        n = x.shape[dim]
-        left, right = x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)
-        third = (right - left) / 3.0
-        steps = torch.stack([left, left + third, right - third], dim=dim + 1).flatten(dim, dim + 1)
-        x = torch.cat([steps, x.narrow(dim, n - 1, 1)], dim=dim)
-    return x
+    becomes 3n - 2, and between neighbours a and b the values are a, (2a + b) / 3, (a + 2b) / 3, b,
+    which is trilinear interpolation with the corner voxels aligned (computed so: no 27-fold
+    intermediate; equal to within ~1e-5 of the values, float32 positions)."""
+    size = tuple(POOL * s - (POOL - 1) for s in x.shape[2:])
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
 
 
 def centre_crop(x: torch.Tensor, size) -> torch.Tensor:
@@ -108,6 +110,8 @@ class LiverUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output_size(x.shape[2:])  # checks the input size
+        # Channels-last: oneDNN's 3D convolutions run ~1.7x faster so (benchmarks/RESULTS.md).
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         c = self.convs
         skips = []
         # Encoder: level 1 starts from the raw input; each later one from the pooled level above.
@@ -142,7 +146,7 @@ def liver_network_from_arrays(weights: dict) -> LiverUNet:
         state[f"convs.{i}.weight"] = torch.from_numpy(w)
         state[f"convs.{i}.bias"] = torch.from_numpy(b)
     network.load_state_dict(state)
-    return network.eval()
+    return network.eval().to(memory_format=torch.channels_last_3d)
 
 
 def load_liver_network(path) -> LiverUNet:
