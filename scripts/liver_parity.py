@@ -231,6 +231,9 @@ def run_compare(args) -> None:
             "grid_3mm": list(image.shape),
             "input_max_abs_diff": float(np.abs(image - original["image"]).max()),
             "probability_max_abs_diff": float(np.abs(total[covered] - original["probability"][covered]).max()),
+            "probability_abs_diff_median_p99": [float(q) for q in np.quantile(
+                np.abs(total[covered] - original["probability"][covered]), [0.5, 0.99])],
+            "voxels_on_other_side_of_0.5": int(((total > 0.5) != (original["probability"] > 0.5))[covered].sum()),
             "voxels_compared": int(covered.sum()),
             "dice_original": round(dice(original_mask, truth), 4),
             "dice_port": round(dice(found.mask.array, truth), 4),

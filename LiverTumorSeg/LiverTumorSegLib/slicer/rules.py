@@ -29,6 +29,10 @@ NO_CASE_SELECTED = "no case selected"
 TRAINING_STAGE_SPAN = {"prepare": (0, 3), "synthesize": (3, 5), "rehearsal": (5, 6), "train": (6, 94), "validate": (94, 96),
                        "spot pass": (96, 97), "intensity floor": (97, 98), "parent check": (98, 100), "done": (100, 100)}
 SEGMENT_STAGE_SPAN = {"prepare": (0, 15), "network": (15, 80), "postprocess": (80, 100), "done": (100, 100)}
+# A Segment that first finds the liver (no liver segment or ROI given): the liver network takes
+# most of the time (about 15 s of 20 on two cores).
+SEGMENT_FINDING_LIVER_STAGE_SPAN = {"liver": (0, 70), "prepare": (70, 75), "network": (75, 94), "postprocess": (94, 100),
+                                    "done": (100, 100)}
 
 
 @dataclass(frozen=True)
