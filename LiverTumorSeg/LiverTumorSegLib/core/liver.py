@@ -32,9 +32,9 @@ INPUT_SIZE = (189, 162, 162)  # network input box, RAS (x, y, z) voxels at 3 mm
 MARGIN = 13  # voxels at each end of an axis that the output lacks
 THRESHOLD = 0.5
 BODY_HU = -500.0  # above this is body (for covering a CT longer than one output box)
-# Peak memory: the network's activations on one box (measured 4.6 GB of process peak on
-# 189 x 162 x 162, benchmarks/liver.py), float32 copies on the 1.5 mm grid, bytes per CT voxel.
-NETWORK_BYTES = 4.8e9
+# Peak memory: the network's activations on one box, float32 copies on the 1.5 mm grid, bytes per
+# CT voxel; rounded up from benchmarks/liver.py (2.72 GB process peak on 512 x 512 x 200: estimated 3.3).
+NETWORK_BYTES = 2.8e9
 BYTES_PER_FINE_VOXEL = 16.0
 BYTES_PER_CT_VOXEL = 6.0
 
