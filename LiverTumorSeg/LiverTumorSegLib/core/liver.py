@@ -1,8 +1,9 @@
 """Finding the liver in a CT with the bundled liver network (liver_network.py), the original's
 pipeline (pyliverlesionseg 0.3) less its body-crop step, which cut the liver dome on real CTs:
 
-1. the CT in HU as a RAS (x, y, z) array; resampled to 1.5 mm (box-averaged, liver_grid.zoom3d),
-   median-filtered over 3 x 3 x 3 voxels, resampled to 3 mm, then clip(HU / 1000, -0.2, 0.2) * 2.5;
+1. the CT in HU resampled to 1.5 mm (box-averaged, liver_grid.zoom3d), median-filtered over
+   3 x 3 x 3 voxels, resampled to 3 mm, turned into a RAS (x, y, z) array, then
+   clip(HU / 1000, -0.2, 0.2) * 2.5;
 2. the network on a 189 x 162 x 162 box (zero outside the CT) whose 163 x 136 x 136 output is
    centred on the volume, as the original places it; moved, or repeated, only where its output
    would miss part of the body (liver_grid.axis_starts); the rim no box reaches takes the nearest
@@ -11,7 +12,8 @@ pipeline (pyliverlesionseg 0.3) less its body-crop step, which cut the liver dom
    dilated back; nothing left after the erosion = no liver;
 4. back to the CT's grid by linear interpolation with the corner voxels aligned, >= 0.5.
 
-The result is then checked (liver_checks.py) and refused when implausible: InputError.
+`find_liver` does not judge the result: liver_checks.find_plausible_liver checks it and refuses
+an implausible one (InputError).
 """
 
 from __future__ import annotations
