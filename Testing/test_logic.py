@@ -777,6 +777,7 @@ def real_ct(logic, totalseg_dir):
 def found_liver_and_tumor(logic, segmentation, ct):
     names = {segmentation.GetSegmentation().GetSegment(s).GetName(): s for s in mrml.segment_ids(segmentation)}
     assert set(names) == {"Liver tumor", "Liver"}, names
+    assert logic.foundLiverSegmentId(segmentation) == names["Liver"]
     liver = mrml.segment_to_mask(segmentation, names["Liver"], ct)
     tumor = mrml.segment_to_mask(segmentation, logic.tumorSegmentId(segmentation), ct)
     return liver, tumor

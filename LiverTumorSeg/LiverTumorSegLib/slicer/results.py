@@ -180,6 +180,13 @@ class ResultNodes:
         segmentationNode.SetAttribute(TUMOR_SEGMENT_ATTRIBUTE, segmentId)
         return segmentId
 
+    def foundLiverSegmentId(self, segmentationNode) -> str | None:
+        """The "Liver" segment a Segment added after finding the liver itself; None when it has none."""
+        if segmentationNode is None:
+            return None
+        segmentId = segmentationNode.GetAttribute(LIVER_SEGMENT_ATTRIBUTE)
+        return segmentId if segmentId and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None else None
+
     def _writeLiverSegment(self, segmentationNode, mask, ctNode, replaceEdited) -> str:
         from ..storage import images
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 SEGMENTING = "segmenting"  # a Segment job is running
 TRAINING = "training"  # a Retrain job is running
 NO_CT = "no CT"
-NO_LIVER = "no liver"  # neither a liver segment nor an ROI around the liver
+NO_LIVER = "no liver"  # neither a liver segment nor an ROI around the liver (no longer blocks Segment)
 NO_LIVER_SEGMENT = "no liver segment"  # an ROI is not enough: a training case needs the liver's outline
 NO_MODEL = "no model"
 NO_RESULT = "no result"  # nothing segmented yet to correct
@@ -55,8 +55,7 @@ def segmentBlockers(state: PanelState) -> list[str]:
     reasons = [SEGMENTING] if state.segmenting else []
     if not state.hasCt:
         reasons.append(NO_CT)
-    if not (state.hasLiverSegment or state.hasLiverRoi):
-        reasons.append(NO_LIVER)
+    # No liver segment or ROI is no blocker: Segment then finds the liver (Logic.findLiver).
     if not state.hasModel:
         reasons.append(NO_MODEL)
     return reasons
