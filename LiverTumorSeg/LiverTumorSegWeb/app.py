@@ -343,6 +343,10 @@ class LiverTumorSegWebApp(TrameApp):
             return
         self.output = segmentation
         self.addUnconfirmed = False
+        found = self.logic.foundLiverSegmentId(segmentation) if self.liver is None else None
+        if found:  # the liver found becomes the liver input: corrected, it is what Segment and Add case use
+            self.liver = (segmentation, found)
+            self.state.lts_liver_name = "found automatically (the Liver segment: correct it like the tumors)"
         self.state.lts_threshold = float(segmentation.GetAttribute(liblogic.THRESHOLD_ATTRIBUTE))
         self._refreshLesions()
         editor = self.slicer.segmentation_editor
