@@ -222,3 +222,23 @@ def test_segment_without_liver_finds_it_on_a_real_ct(tmp_path, totalseg_dir):
     liver_value = next(s.value for s in segments if s.name == "Liver")
     tumor_value = next(s.value for s in segments if s.name == "Liver tumor")
     np.testing.assert_array_equal(np.isin(labels.array, (liver_value, tumor_value)), found)  # tumors only inside
+
+
+def test_a_differently_dense_mass_behind_a_narrow_neck_is_cut_off_a_same_density_lobe_stays():
+    """Two balls (30 and 20 mm) joined by an 8 mm bridge, 1.5 mm voxels: the small one goes only
+    when its HU differ from the big one's (a mass glued to the liver, not a left lobe)."""
+    from LiverTumorSegLib.core.liver_checks import split_glued_mass
+
+    z, y, x = np.mgrid[:60, :60, :110].astype(np.float32) * 1.5
+    big = (x - 45) ** 2 + (y - 45) ** 2 + (z - 45) ** 2 < 30 ** 2
+    small = (x - 120) ** 2 + (y - 45) ** 2 + (z - 45) ** 2 < 20 ** 2
+    bridge = ((y - 45) ** 2 + (z - 45) ** 2 < 4 ** 2) & (x > 45) & (x < 120)
+    mask = big | small | bridge
+    for small_hu, removed in ((40, True), (100, False)):
+        hu = np.where(small, small_hu, 100).astype(np.int16)
+        kept, fraction = split_glued_mass(mask, (1.5, 1.5, 1.5), hu)
+        assert kept[big].all()
+        if removed:
+            assert 0.15 < fraction < 0.4 and not kept[small].any()
+        else:
+            assert fraction == 0 and np.array_equal(kept, mask)

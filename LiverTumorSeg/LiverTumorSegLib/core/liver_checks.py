@@ -75,7 +75,8 @@ def split_glued_mass(mask: np.ndarray, spacing_zyx, hu: np.ndarray) -> tuple[np.
         return mask, 0.0
     # Every mask voxel goes to its nearest core (on the coarse grid).
     _, nearest = ndimage.distance_transform_edt(cores == 0, sampling=sampling, return_indices=True)
-    owner = cores[tuple(nearest)] * coarse
+    nearest_core = cores[tuple(nearest)]  # every cell, inside the mask or not
+    owner = nearest_core * coarse
     sizes = np.bincount(owner.ravel(), minlength=count + 1)
     sizes[0] = 0
     keep = int(np.argmax(sizes))
@@ -86,10 +87,11 @@ def split_glued_mass(mask: np.ndarray, spacing_zyx, hu: np.ndarray) -> tuple[np.
     fraction = float(sizes[foreign].sum() / max(sizes.sum(), 1))
     if fraction < GLUED_MIN_FRACTION:
         return mask, 0.0
-    keep_coarse = coarse & ~np.isin(owner, foreign)
-    full = np.repeat(np.repeat(np.repeat(keep_coarse, step[0], 0), step[1], 1), step[2], 2)
-    full = full[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
-    return mask & full, fraction
+    # Back on the full grid each voxel follows its cell's nearest core (a voxel whose cell sample
+    # lies just outside the mask still belongs to the part it touches).
+    drop = np.isin(nearest_core, foreign)
+    drop = np.repeat(np.repeat(np.repeat(drop, step[0], 0), step[1], 1), step[2], 2)
+    return mask & ~drop[: mask.shape[0], : mask.shape[1], : mask.shape[2]], fraction
 
 
 def check_liver(ct: Volume, liver: Volume) -> LiverCheck:
