@@ -462,6 +462,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.NodeModify(p.parameterNode):
                 p.outputSegmentation = segmentation
                 p.threshold = float(segmentation.GetAttribute(liblogic.THRESHOLD_ATTRIBUTE))
+                foundLiver = self.logic.foundLiverSegmentId(segmentation)
+                if foundLiver and not (p.liverSegmentation and p.liverSegmentId) and not p.liverRoi:
+                    # The liver it found becomes the liver input: corrected in the editor, it is what
+                    # the next Segment searches and what Add case stores.
+                    p.liverSegmentation, p.liverSegmentId = segmentation, foundLiver
             self._shownOutputId = segmentation.GetID()
         finally:
             self._updatingGui = False

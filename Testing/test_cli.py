@@ -162,7 +162,9 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
     image = images.read_image(case / "image.nrrd")
     labels, segments = images.read_segmentation(out)
     assert labels.same_grid(image)
-    assert segments[0].name == "Liver tumor"
+    assert [s.name for s in segments] == ["Liver tumor", "Liver"]  # the liver used, under the tumors
+    liver = images.read_liver_mask(case / "label.nrrd", reference=image)
+    np.testing.assert_array_equal(labels.array > 0, liver)
     probability = images.read_image(prob)
     assert probability.same_grid(image) and 0.0 <= probability.array.min() and probability.array.max() <= 1.0
     assert csv.read_text().splitlines()[0].lower().startswith("id")
@@ -172,7 +174,7 @@ def test_segment_end_to_end_writes_every_output(tmp_path, phantom_case_dirs, tin
                     "--model", tiny_model_dir, "--threads", "1", "--progress-json")
     assert again.returncode == 0, again.stderr
     labelmap = images.read_labels(label_out, reference=image)
-    np.testing.assert_array_equal(labelmap.array > 0, labels.array > 0)
+    np.testing.assert_array_equal(labelmap.array > 0, labels.array == segments[0].value)
     # Progress as JSON lines for the Slicer module: every stage, ending with "done".
     progress = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
     stages = [line["stage"] for line in progress]

@@ -27,6 +27,7 @@ from LiverTumorSegLib.slicer.jobs import BackgroundJob, SegmentThreadJob  # noqa
 from LiverTumorSegLib.slicer.logic import LiverTumorSegLogic  # noqa: E402
 from LiverTumorSegLib.slicer.rules import SEGMENT_STAGE_SPAN, describeProgress, stageText  # noqa: E402
 from LiverTumorSegLib.data.phantom import PhantomSettings, make_phantom  # noqa: E402
+from LiverTumorSegLib.volume import Volume  # noqa: E402
 from conftest import count_nodes  # noqa: E402
 
 JOB_TIMEOUT_S = 420
@@ -761,3 +762,55 @@ def test_the_model_list_needs_no_engine_imports_and_preloading_brings_them(tmp_p
     labels, before, scipy_loaded, inference_loaded = json.loads(run.stdout.strip().splitlines()[-1])
     assert any("shipped" in label for label in labels)
     assert before == [] and scipy_loaded and inference_loaded
+
+
+# ---- no liver segment or ROI: the liver is found automatically (issue 24) -------------------------
+@pytest.fixture
+def real_ct(logic, totalseg_dir):
+    """The small real CT (TotalSegmentator test data) and its true liver on its grid."""
+    node = logic.loadVolume(totalseg_dir / "example_ct_sm.nii.gz")
+    image = mrml.volume_from_node(node)
+    truth = images.read_liver_mask(totalseg_dir / "example_ct_sm_liver.nii.gz", reference=image)
+    return node, truth
+
+
+def found_liver_and_tumor(logic, segmentation, ct):
+    names = {segmentation.GetSegmentation().GetSegment(s).GetName(): s for s in mrml.segment_ids(segmentation)}
+    assert set(names) == {"Liver tumor", "Liver"}, names
+    assert logic.foundLiverSegmentId(segmentation) == names["Liver"]
+    liver = mrml.segment_to_mask(segmentation, names["Liver"], ct)
+    tumor = mrml.segment_to_mask(segmentation, logic.tumorSegmentId(segmentation), ct)
+    return liver, tumor
+
+
+def test_segment_without_a_liver_finds_it_and_shows_it_as_a_segment(library_with_model, scene, real_ct):
+    logic = library_with_model
+    ct, truth = real_ct
+    seen = []
+    segmentation, _ = logic.segment(ct, progress=seen.append)
+    assert seen[0]["stage"] == "liver"
+    liver, tumor = found_liver_and_tumor(logic, segmentation, ct)
+    assert 2 * (liver & truth).sum() / (liver.sum() + truth.sum()) > 0.95
+    assert not (tumor & ~liver).any()  # tumors only inside the liver used
+    assert segmentation.GetAttribute("LiverTumorSeg.LiverRegion") == "1"
+
+
+def test_background_segment_without_a_liver_brings_the_found_liver_back(library_with_model, scene, real_ct):
+    logic = library_with_model
+    ct, truth = real_ct
+    job = logic.startSegment(ct)
+    assert "--liver-out" in job.command and "--liver" not in job.command
+    seen = drive(job)
+    assert job.error is None and job.returncode == 0, job.log
+    percents = [describeProgress(info, job.stageSpans)[0] for info in seen]
+    assert seen[0]["stage"] == "liver" and percents == sorted(percents), percents  # the bar never goes back
+    segmentation, _ = logic.finishSegment(job)
+    liver, tumor = found_liver_and_tumor(logic, segmentation, ct)
+    assert 2 * (liver & truth).sum() / (liver.sum() + truth.sum()) > 0.95
+    assert not (tumor & ~liver).any()
+
+
+def test_segment_refuses_a_ct_without_a_plausible_liver(library_with_model, scene, logic):
+    node = mrml.add_volume_node(scene, Volume(np.full((20, 200, 200), 100, np.int16), (1.0, 1.0, 2.0)), "not a CT")
+    with pytest.raises(InputError, match="choose a liver segment"):
+        library_with_model.segment(node)

@@ -22,7 +22,7 @@ def test_everything_is_allowed_once_the_inputs_are_there_and_no_job_runs(blocker
 
 def test_an_empty_panel_says_everything_that_is_missing_in_order():
     empty = PanelState()
-    assert rules.segmentBlockers(empty) == [rules.NO_CT, rules.NO_LIVER, rules.NO_MODEL]
+    assert rules.segmentBlockers(empty) == [rules.NO_CT, rules.NO_MODEL]  # no liver: Segment finds it
     assert rules.correctBlockers(empty) == [rules.NO_RESULT]
     assert rules.addCaseBlockers(empty) == [rules.NO_CT, rules.NO_LIVER_SEGMENT, rules.NO_TUMOR]
     assert rules.removeCaseBlockers(empty) == [rules.NO_CASE_SELECTED]
@@ -42,8 +42,7 @@ def test_a_running_segment_blocks_what_would_race_it_and_comes_first():
     assert rules.openCaseBlockers(running) == [rules.SEGMENTING]  # opening a case replaces Segment's inputs
     assert rules.openCaseBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING, rules.NO_CASE_SELECTED]
     # While it runs, a missing input is still named after the job (the tooltip's order).
-    assert rules.segmentBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING, rules.NO_CT, rules.NO_LIVER,
-                                                                   rules.NO_MODEL]
+    assert rules.segmentBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING, rules.NO_CT, rules.NO_MODEL]
     assert rules.correctBlockers(PanelState(segmenting=True)) == [rules.SEGMENTING]
 
 

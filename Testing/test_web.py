@@ -178,6 +178,11 @@ def test_bad_upload_shows_the_command_line_message_and_the_server_keeps_running(
             zipped.write(dicom, f"example_ct_dicom/{dicom.name}")
     upload(page, "ct", archive)
     wait_message(page, "Loaded CT 'example_ct_dicom'", 60)
+    # No liver mask: Segment finds the liver, shows it as a segment and takes it as the liver input.
+    assert "Segment finds it" in page.inner_text("#lts-liver-name") and page.locator("#lts-segment").is_enabled()
+    page.click("#lts-segment")
+    wait_message(page, "lesion(s) found", SEGMENT_TIMEOUT_S)
+    assert "found automatically" in page.inner_text("#lts-liver-name")
     other = page.context.new_page()
     other.goto(server["url"])
     other.wait_for_selector("#lts-segment", timeout=30000)

@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment liver tumors in a CT")
     p.add_argument("image", help="CT: .nrrd, .nii(.gz), .mha/.mhd or a DICOM series folder")
-    p.add_argument("--liver", help="liver mask (any nonzero voxel is liver; LiTS labels work as is)")
-    p.add_argument("--out", required=True, help="output: .seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz labelmap (1 = tumor)"
-                   "; .dcm: a DICOM SEG referencing the CT's series (the CT must be a DICOM folder)")
+    p.add_argument("--liver", help="liver mask (any nonzero voxel is liver; LiTS labels work as is); without it the "
+                   "liver is found automatically, and a CT where no plausible liver is found is refused")
+    p.add_argument("--out", required=True, help="output: .seg.nrrd (Slicer segmentation: 'Liver tumor' and 'Liver' "
+                   "segments) or .nrrd/.nii.gz labelmap (1 = tumor); .dcm: a DICOM SEG referencing the CT's series "
+                   "(the CT must be a DICOM folder)")
     p.add_argument("--out-format", choices=("auto", "dicom-seg"), default="auto",
                    help="auto (default): from --out's suffix; dicom-seg: a DICOM SEG whatever the name")
+    p.add_argument("--liver-out", help="also write the liver used (.seg.nrrd, or a labelmap: 1 = liver)")
     p.add_argument("--model", help="model folder or model.pt (default: the shipped default model)")
     p.add_argument("--prob", help="also write the tumor probability map here (.nrrd/.nii.gz)")
     p.add_argument("--threshold", type=float, help="decision threshold in (0, 1) (default: the model's own)")
@@ -221,13 +224,14 @@ def cmd_segment(args) -> int:
     from .storage.fsutil import StagedOutputs
     from .core.inference import segment
     from .storage.lesion_csv import write_lesion_csv
-    from .storage.memory import memory_problem
+    import numpy as np
 
     # Every output checked before any work: nothing of the user's replaced, nothing written half.
     out, dicom_seg = check_tumor_output(args.out, args.overwrite, args.out_format, args.image)
     prob_out = check_output(args.prob, args.overwrite, IMAGE_SUFFIXES, option="--prob")
     csv_out = check_output(args.lesions, args.overwrite, (".csv",), option="--lesions")
-    check_distinct({"--out": out, "--prob": prob_out, "--lesions": csv_out},
+    liver_out = check_output(args.liver_out, args.overwrite, option="--liver-out")
+    check_distinct({"--out": out, "--prob": prob_out, "--lesions": csv_out, "--liver-out": liver_out},
                    {"CT": args.image, "liver mask": args.liver, "model": args.model})
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold} is outside (0, 1); use e.g. 0.5")
@@ -247,25 +251,27 @@ def cmd_segment(args) -> int:
         set_threads(args.threads)
         model = load_model_arg(args.model)
         header = images.image_header(args.image)
-        if header:  # the whole CT will be searched: refused before its voxels are even read
-            problem = memory_problem(*header, None, work_mm=model.feature_settings.spacing_mm)
+        if header:  # refused before the voxels are even read
+            problem = liver_memory_problem(*header)
             if problem:
                 raise InputError(problem)
         image, liver = read_ct_and_liver(args.image, None)
-        warnings.warn("no --liver mask given: segmenting the whole volume (slower, more false positives)")
-    images.warn_if_implausible_ct(image, liver, Path(args.image).name)
-    check_memory(image, liver, model)
     report, close = make_progress_printer(args.progress_json) if args.progress_json else (None, lambda: None)
     try:
+        if liver is None:
+            liver = automatic_liver(image, report)
+        images.warn_if_implausible_ct(image, liver, Path(args.image).name)
+        check_memory(image, liver, model)
         result = segment(image, liver, model, threshold=args.threshold, progress=report)
     finally:
         close()
-    del liver
     with StagedOutputs() as staged:
         if dicom_seg:
             write_dicom_seg_output(staged.path_for(out), result, args.image, model)
         else:
-            write_tumor_output(staged.path_for(out), result.tumor)
+            write_tumor_output(staged.path_for(out), result.tumor, liver)
+        if liver_out:
+            write_liver_output(staged.path_for(liver_out), image.with_array(liver.view(np.uint8)))
         if prob_out:
             images.write_image(result.probability, staged.path_for(prob_out))
         if csv_out:
@@ -274,6 +280,34 @@ def cmd_segment(args) -> int:
     total_ml = sum(lesion.volume_ml for lesion in result.lesions)
     print(f"{len(result.lesions)} lesion(s), {total_ml:.1f} mL in total, threshold {result.threshold:.2f} -> {out}")
     return 0
+
+
+def liver_memory_problem(shape_zyx, spacing_zyx) -> str | None:
+    """Refuse up front a liver search that would not fit in the free memory (memory.py)."""
+    from .storage.memory import memory_problem_of
+
+    return memory_problem_of(liver_peak_bytes(shape_zyx, spacing_zyx), shape_zyx, "finding the liver in",
+                             "give a liver mask (--liver)")
+
+
+def liver_peak_bytes(shape_zyx, spacing_zyx) -> float:
+    from .core.liver import peak_bytes
+
+    return peak_bytes(shape_zyx, spacing_zyx)
+
+
+def automatic_liver(image, progress=None) -> "np.ndarray":  # noqa: F821
+    """The liver found by the bundled liver network (bool, CT grid), or InputError (exit 2) naming
+    why no plausible liver was found and asking for --liver. What was cleaned is warned."""
+    from .core.liver_checks import find_plausible_liver
+    from .core.liver_network import load_liver_network
+    from .storage.modelstore import liver_model_path
+
+    check = find_plausible_liver(image, load_liver_network(liver_model_path()), progress=progress)
+    for note in check.notes:
+        warnings.warn(f"liver found automatically: {note}")
+    print(f"liver found automatically: {check.volume_ml:.0f} mL, mean {check.mean_hu:.0f} HU", file=sys.stderr)
+    return check.mask.array > 0
 
 
 def read_ct_and_liver(image_path, liver_path):
@@ -294,14 +328,33 @@ def check_memory(image, liver, model) -> None:
         raise InputError(problem)
 
 
-def write_tumor_output(out: Path, tumor) -> None:
-    """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment; else a uint8 labelmap."""
+def write_tumor_output(out: Path, tumor, liver=None) -> None:
+    """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment and, when a liver was used,
+    a 'Liver' segment under it (the tumors are part of the liver); else a uint8 labelmap (1 = tumor)."""
+    from dataclasses import replace
+
+    import numpy as np
+
     from .storage import images
 
     if str(out).lower().endswith(".seg.nrrd"):
-        images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
+        if liver is None:
+            images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
+            return
+        labels = np.where(tumor.array > 0, 2, np.asarray(liver, dtype=np.uint8)).astype(np.uint8)
+        images.write_segmentation(out, tumor.with_array(labels), [replace(images.TUMOR_SEGMENT, value=2), images.LIVER_SEGMENT])
     else:
         images.write_labelmap(tumor, out)
+
+
+def write_liver_output(out: Path, liver) -> None:
+    """`--liver-out`: `.seg.nrrd` -> a 'Liver' segment; else a uint8 labelmap (1 = liver)."""
+    from .storage import images
+
+    if str(out).lower().endswith(".seg.nrrd"):
+        images.write_segmentation(out, liver, [images.LIVER_SEGMENT])
+    else:
+        images.write_labelmap(liver, out)
 
 
 def write_dicom_seg_output(out: Path, result, dicom_folder, model) -> None:

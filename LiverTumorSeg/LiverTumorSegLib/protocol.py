@@ -16,15 +16,19 @@ WARNING_PREFIX = "warning:"  # a line the command prints for the user (a case it
 ERROR_PREFIX = "error:"  # the command's one-line reason for exit code 2
 
 
-def segment_command(python: str, image, out, prob, model, threshold: float, threads: int, liver=None) -> list[str]:
+def segment_command(python: str, image, out, prob, model, threshold: float, threads: int, liver=None,
+                    liver_out=None) -> list[str]:
     """`python -m LiverTumorSegLib segment IMAGE --out OUT --prob PROB ... --progress-json`:
-    the threshold is written with 17 digits so the child uses exactly the caller's float."""
+    the threshold is written with 17 digits so the child uses exactly the caller's float.
+    `liver_out`: where the child writes the liver it found (without `liver`)."""
     command = [
         str(python), "-m", PACKAGE, "segment", str(image), "--out", str(out), "--prob", str(prob),
         "--model", str(model), "--threshold", f"{threshold:.17g}", PROGRESS_JSON, "--threads", str(int(threads)),
     ]
     if liver is not None:
         command += ["--liver", str(liver)]
+    if liver_out is not None:
+        command += ["--liver-out", str(liver_out)]
     return command
 
 

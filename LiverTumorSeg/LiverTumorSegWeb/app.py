@@ -249,7 +249,8 @@ class LiverTumorSegWebApp(TrameApp):
             self._fail("Could not load the CT", error)
             return
         self._setInputs(ct, None)
-        self._say(f"Loaded CT '{ct.GetName()}'. Now load its liver mask." + (f" Warning: {notes[-1]}" if notes else ""),
+        self._say(f"Loaded CT '{ct.GetName()}'. Load its liver mask, or Segment to find the liver automatically."
+                  + (f" Warning: {notes[-1]}" if notes else ""),
                   "warning" if notes else "success")
         self._checkCanApply()
 
@@ -344,6 +345,10 @@ class LiverTumorSegWebApp(TrameApp):
             return
         self.output = segmentation
         self.addUnconfirmed = False
+        found = self.logic.foundLiverSegmentId(segmentation) if self.liver is None else None
+        if found:  # the liver found becomes the liver input: corrected, it is what Segment and Add case use
+            self.liver = (segmentation, found)
+            self.state.lts_liver_name = "found automatically (the Liver segment: correct it like the tumors)"
         self.state.lts_threshold = float(segmentation.GetAttribute(liblogic.THRESHOLD_ATTRIBUTE))
         self._refreshLesions()
         editor = self.slicer.segmentation_editor
@@ -571,9 +576,9 @@ class LiverTumorSegWebApp(TrameApp):
             with v3.VCardText():
                 self._uploadInput("CT: file, DICOM files or .zip", self.onUploadCt, "upload-ct", multiple=True)
                 html.Div("CT: {{ lts_ct_name || 'none' }}", classes="text-caption", id="lts-ct-name")
-                self._uploadInput("Liver mask (.nii.gz, .nrrd, .seg.nrrd)", self.onUploadLiver, "upload-liver",
+                self._uploadInput("Liver mask, optional (.nii.gz, .nrrd, .seg.nrrd)", self.onUploadLiver, "upload-liver",
                                   multiple=False)
-                html.Div("Liver: {{ lts_liver_name || 'none' }}", classes="text-caption", id="lts-liver-name")
+                html.Div("Liver: {{ lts_liver_name || 'none (Segment finds it)' }}", classes="text-caption", id="lts-liver-name")
                 with html.Div(classes="d-flex align-center mt-1"):
                     v3.VSelect(label="or a library case", items=("lts_cases",), v_model=("lts_case",), density="compact",
                                hide_details=True, id="lts-case-select")

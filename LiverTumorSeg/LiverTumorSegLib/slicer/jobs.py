@@ -282,10 +282,12 @@ class SegmentThreadJob(_JobState):
     what = "segmentation"
     stageSpans = SEGMENT_STAGE_SPAN
 
-    def __init__(self, image: Volume, liver, model, threshold: float, request: dict):
+    def __init__(self, image: Volume, liver, model, threshold: float, request: dict, find_liver=None):
+        """`find_liver(image, progress) -> bool mask`: how to find the liver when `liver` is None."""
         super().__init__()
         self.request = request
         self.image, self.liver = image, liver
+        self._find_liver = find_liver
         self.output = None  # inference.SegmentResult once it succeeded
         self._failure: str | None = None
         self._updates: queue.Queue = queue.Queue()
@@ -297,6 +299,8 @@ class SegmentThreadJob(_JobState):
         from ..core.inference import segment
 
         try:
+            if self.liver is None and self._find_liver is not None:  # found automatically first (InputError if implausible)
+                self.liver = self._find_liver(self.image, self._report)
             self.output = segment(self.image, self.liver, model, threshold=threshold, progress=self._report)
         except Cancelled:
             pass

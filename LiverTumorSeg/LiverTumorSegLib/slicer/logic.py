@@ -33,6 +33,7 @@ from ..storage.library import CaseLibrary, ModelInfo, default_library_path  # no
 from ..volume import Volume
 from .jobs import SegmentJob, SegmentThreadJob, backgroundThreads, childEnvironment, packageParent, pythonExecutable
 from .models import ModelVersions
+from .rules import SEGMENT_FINDING_LIVER_STAGE_SPAN
 from .results import (  # noqa: F401 - THRESHOLD_ATTRIBUTE: the front ends read it here
     PROBABILITY_MAP_ATTRIBUTE, THRESHOLD_ATTRIBUTE, ResultNodes, readArray,
 )
@@ -147,6 +148,26 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
             return mrml.roi_to_mask(roiNode, ctNode)
         return None
 
+    @staticmethod
+    def findLiver(image, progress=None) -> np.ndarray:
+        """The liver found by the bundled liver network (bool, the CT's grid), checked; InputError
+        naming the problem when no plausible liver is found (then the user chooses a liver segment)."""
+        from ..core.liver import peak_bytes
+        from ..core.liver_checks import find_plausible_liver
+        from ..core.liver_network import load_liver_network
+        from ..storage.memory import memory_problem_of
+        from ..storage.modelstore import liver_model_path
+
+        problem = memory_problem_of(peak_bytes(image.shape, image.spacing_zyx), image.shape, "finding the liver in",
+                                    "choose the liver segment")
+        if problem:
+            raise InputError(problem)
+        try:
+            check = find_plausible_liver(image, load_liver_network(liver_model_path()), progress=progress)
+        except InputError as error:
+            raise InputError(str(error).replace("give a liver mask with --liver", "choose a liver segment")) from None
+        return check.mask.array > 0
+
     def defaultInputVolume(self):
         """The first plain scalar volume of the scene that is not one of our probability maps.
 
@@ -196,13 +217,16 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         image = mrml.volume_from_node(ctNode)
         liver = self.liverMask(ctNode, liverSegmentationNode, liverSegmentId, roiNode)
         trained = self.loadModel(model)
+        foundLiver = liver is None  # no liver segment and no ROI: found automatically (a "Liver" segment)
+        if foundLiver:
+            liver = self.findLiver(image, progress)
         self._checkMemory(image, liver, trained)  # in this process: running out would end Slicer itself
         result = run_segment(image, liver, trained, threshold=threshold, progress=progress)
         modelName = str(self.modelPath(model)) if model is None or isinstance(model, (str, os.PathLike)) else "(in memory)"
         return self._putResult(
             ctNode, liver, np.asarray(result.tumor.array) > 0, result.probability.array, result.lesions,
             result.threshold, getattr(trained, "min_lesion_mm3", 0.0), modelName,
-            outputSegmentationNode, replaceEdited, showProbability,
+            outputSegmentationNode, replaceEdited, showProbability, foundLiver=foundLiver,
         )
 
     def startSegment(
@@ -246,12 +270,16 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         request = {
             "ct": ctNode, "output": outputSegmentationNode, "replaceEdited": bool(replaceEdited),
             "showProbability": bool(showProbability), "threshold": threshold, "minLesion": minLesion,
-            "model": str(modelFolder), "region": liver is not None,
+            "model": str(modelFolder), "region": liver is not None, "foundLiver": liver is None,
         }
         if inProcess:
             trained = self.loadModel(modelFolder)
-            self._checkMemory(image, liver, trained)
-            return self._track(SegmentThreadJob(image, liver, trained, threshold, request))
+            if liver is not None:  # else findLiver checks the liver step's memory and the liver bounds the rest
+                self._checkMemory(image, liver, trained)
+            job = SegmentThreadJob(image, liver, trained, threshold, request, find_liver=self.findLiver if liver is None else None)
+            if liver is None:
+                job.stageSpans = SEGMENT_FINDING_LIVER_STAGE_SPAN
+            return self._track(job)
 
         import SimpleITK as sitk
 
@@ -265,9 +293,12 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
             command = segment_command(
                 pythonExecutable(), folder / "image.nrrd", folder / "tumor.nrrd", folder / "prob.nrrd",
                 modelFolder.resolve(), threshold, backgroundThreads() if threads is None else max(1, int(threads)),
-                liver=folder / "liver.nrrd" if liver is not None else None)
-            return self._track(SegmentJob(command, env=childEnvironment(), cwd=packageParent(), folder=folder,
-                                          request=request))
+                liver=folder / "liver.nrrd" if liver is not None else None,
+                liver_out=folder / "liver_found.nrrd" if liver is None else None)
+            job = SegmentJob(command, env=childEnvironment(), cwd=packageParent(), folder=folder, request=request)
+            if liver is None:
+                job.stageSpans = SEGMENT_FINDING_LIVER_STAGE_SPAN
+            return self._track(job)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -303,6 +334,8 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
                 probability = readArray(job.folder / "prob.nrrd").astype(np.float32, copy=False)
                 tumor = readArray(job.folder / "tumor.nrrd") > 0
                 liver = readArray(job.folder / "liver.nrrd") > 0 if request["region"] else None
+                if request.get("foundLiver"):
+                    liver = readArray(job.folder / "liver_found.nrrd") > 0
             if probability.shape != image.shape or tumor.shape != image.shape:
                 raise InputError("the CT changed while it was being segmented; segment it again")
             box = mask_box(tumor)  # measured on the CT's geometry now (it may have moved meanwhile)
@@ -310,6 +343,7 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
             return self._putResult(
                 ctNode, liver, tumor, probability, lesions, request["threshold"], request["minLesion"],
                 request["model"], output, request["replaceEdited"], request["showProbability"],
+                foundLiver=bool(request.get("foundLiver")),
             )
         finally:
             job.cleanup()

@@ -22,6 +22,8 @@ MODEL_ATTRIBUTE = "LiverTumorSeg.Model"
 # "1" when Segment ran inside a liver region: the kept map is then > 0 exactly inside it
 # (PROBABILITY_FLOOR), so re-thresholding can drop liver-surface slivers the same way.
 REGION_ATTRIBUTE = "LiverTumorSeg.LiverRegion"
+# The segment holding the liver Segment found automatically (no liver segment or ROI given).
+LIVER_SEGMENT_ATTRIBUTE = "LiverTumorSeg.LiverSegmentID"
 PROBABILITY_FLOOR = 1e-6
 
 # Set to "1" on the kept probability volume, so it is never offered as a CT to segment.
@@ -65,9 +67,11 @@ class ResultNodes:
     """The Logic's methods for the nodes a Segment writes and reads back."""
 
     def _putResult(self, ctNode, liver, tumor, probability, lesions, threshold, minLesion, modelName,
-                   outputSegmentationNode, replaceEdited, showProbability):
+                   outputSegmentationNode, replaceEdited, showProbability, foundLiver=False):
         """Write one Segment result (arrays on the CT grid) into the scene: the tumor segment, the
-        kept probability map, the lesion table, the attributes re-thresholding needs, the display."""
+        kept probability map, the lesion table, the attributes re-thresholding needs, the display;
+        `foundLiver`: the liver was found automatically and gets its own "Liver" segment (replaced
+        by the next Segment only while unedited), to be checked and corrected like the tumors."""
         from ..storage import images
 
         probability = np.asarray(probability, dtype=np.float32)
@@ -77,6 +81,8 @@ class ResultNodes:
         if segmentationNode is None:
             segmentationNode = mrml.new_segmentation_node(self.scene, ctNode, f"{ctNode.GetName()} liver tumor")
         self._writeTumorSegment(segmentationNode, np.asarray(tumor, dtype=bool), ctNode, replaceEdited, images.TUMOR_SEGMENT)
+        if foundLiver:
+            self._writeLiverSegment(segmentationNode, np.asarray(liver, dtype=bool), ctNode, replaceEdited)
         segmentationNode.SetNodeReferenceID(mrml.CT_ROLE, ctNode.GetID())
         segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, f"{float(threshold):.6g}")
         segmentationNode.SetAttribute(MIN_LESION_ATTRIBUTE, f"{float(minLesion):.6g}")
@@ -172,6 +178,26 @@ class ResultNodes:
             color=info.color, terminology=info.terminology,
         )
         segmentationNode.SetAttribute(TUMOR_SEGMENT_ATTRIBUTE, segmentId)
+        return segmentId
+
+    def foundLiverSegmentId(self, segmentationNode) -> str | None:
+        """The "Liver" segment a Segment added after finding the liver itself; None when it has none."""
+        if segmentationNode is None:
+            return None
+        segmentId = segmentationNode.GetAttribute(LIVER_SEGMENT_ATTRIBUTE)
+        return segmentId if segmentId and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None else None
+
+    def _writeLiverSegment(self, segmentationNode, mask, ctNode, replaceEdited) -> str:
+        from ..storage import images
+
+        segmentId = segmentationNode.GetAttribute(LIVER_SEGMENT_ATTRIBUTE)
+        if segmentId and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None and (
+                replaceEdited or not mrml.segment_was_edited(segmentationNode, segmentId, ctNode)):
+            return mrml.write_segment(segmentationNode, mask, ctNode, segment_id=segmentId)
+        info = images.LIVER_SEGMENT
+        segmentId = mrml.write_segment(segmentationNode, mask, ctNode, name=self._freeSegmentName(segmentationNode, info.name),
+                                       color=info.color, terminology=info.terminology)
+        segmentationNode.SetAttribute(LIVER_SEGMENT_ATTRIBUTE, segmentId)
         return segmentId
 
     @staticmethod

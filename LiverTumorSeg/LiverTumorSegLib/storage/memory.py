@@ -97,3 +97,14 @@ def memory_problem(shape_zyx, spacing_zyx, box_shape_zyx=None, available: int | 
            else "crop the CT to the liver region")
     return (f"segmenting {where} of this {x}x{y}x{z} CT needs about {need / 1e9:.1f} GB of memory and "
             f"{available / 1e9:.1f} GB are free; {fix}, or close other programs")
+
+
+def memory_problem_of(need: float, shape_zyx, what: str, fix: str, available: int | None = None) -> str | None:
+    """The one-line refusal when `need` bytes do not fit in HEADROOM of the free memory, else None
+    (also when the free memory is unknown). `what` names the step ("finding the liver in")."""
+    available = available_bytes() if available is None else available
+    if available is None or need <= HEADROOM * available:
+        return None
+    z, y, x = (int(n) for n in shape_zyx)
+    return (f"{what} this {x}x{y}x{z} CT needs about {need / 1e9:.1f} GB of memory and "
+            f"{available / 1e9:.1f} GB are free; {fix}, or close other programs")

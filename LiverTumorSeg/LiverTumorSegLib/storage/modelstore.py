@@ -173,16 +173,27 @@ def parent_check_warning(meta: dict) -> str:
     return f"worse than {parent} on {' and '.join(worse_on)}{numbers}"
 
 
-def default_model_path() -> Path:
-    """Resources/Models/default, from the package's location: the source tree keeps Resources two
-    levels above the package (repo/LiverTumorSeg/LiverTumorSegLib), a Slicer install tree one level
-    above it (qt-scripted-modules/LiverTumorSegLib beside qt-scripted-modules/Resources)."""
+def _models_folder() -> Path:
+    """Resources/Models, from the package's location: the source tree keeps Resources two levels
+    above the package (repo/LiverTumorSeg/LiverTumorSegLib), a Slicer install tree one level above
+    it (qt-scripted-modules/LiverTumorSegLib beside qt-scripted-modules/Resources)."""
     package = Path(__file__).resolve().parents[1]
     candidates = [package.parent.parent / "Resources", package.parent / "Resources"]
     for resources in candidates:
         if (resources / "Models").is_dir():
-            return resources / "Models" / "default"
-    return candidates[0] / "Models" / "default"
+            return resources / "Models"
+    return candidates[0] / "Models"
+
+
+def default_model_path() -> Path:
+    """The shipped tumor model, Resources/Models/default (read-only)."""
+    return _models_folder() / "default"
+
+
+def liver_model_path() -> Path:
+    """The shipped liver network's weights, Resources/Models/liver/liver_unet.npz (converted from
+    pyliverlesionseg 0.3 by scripts/convert_liver_model.py; NOTICE beside it)."""
+    return _models_folder() / "liver" / "liver_unet.npz"
 
 
 def _jsonable(value):
