@@ -177,6 +177,38 @@ def test_a_done_case_keeps_its_warnings_in_its_row(inputs, tmp_path, totalseg_di
     assert row["status"] == "done" and row["error"].startswith("warning: ") and "outside the CT" in row["error"]
 
 
+def test_a_case_without_a_liver_mask_gets_the_liver_found(tmp_path, totalseg_dir):
+    """As `segment` without --liver: the shipped liver network finds the liver of the real CT, the
+    row's liver volume is that liver's (within 15 %), its .seg.nrrd holds a 'Liver' segment beside the
+    tumors; an image with no liver in it costs its row, with the reason."""
+    ct = totalseg_dir / "example_ct_sm.nii.gz"
+    truth = images.read_liver_mask(totalseg_dir / "example_ct_sm_liver.nii.gz", reference=images.read_image(ct))
+    from LiverTumorSegLib.volume import Volume
+
+    flat = Volume(np.full((24, 40, 40), 40, dtype=np.int16), (2.0, 2.0, 2.0))
+    images.write_image(flat, tmp_path / "flat.nrrd")
+    table = tmp_path / "cases.csv"
+    table.write_text(f"case,ct\nreal,{ct}\nflat,{tmp_path / 'flat.nrrd'}\n")
+    rows = run_batch(find_cases(table), settings_for(tmp_path / "out"), workers=1, progress=False)
+    real, flat_row = rows
+    assert real["status"] == "done", real["error"]
+    voxel_ml = float(np.prod(images.read_image(ct).spacing)) / 1000.0
+    assert abs(float(real["liver_ml"]) - truth.sum() * voxel_ml) < 0.15 * truth.sum() * voxel_ml
+    names = [name.lower() for name in _segment_names(tmp_path / "out" / "real" / "tumor.seg.nrrd")]
+    assert "liver" in names and "liver tumor" in names
+    assert flat_row["status"] == "failed" and "liver" in flat_row["error"].lower()
+
+
+def _segment_names(path: Path) -> list:
+    """The segment names a .seg.nrrd header lists (Segment<N>_Name)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return [reader.GetMetaData(key) for key in reader.GetMetaDataKeys() if key.startswith("Segment") and key.endswith("_Name")]
+
+
 def test_ctrl_c_leaves_no_half_written_file_and_the_rerun_completes(tmp_path):
     """SIGINT to the command's process group (what Ctrl-C does) once the first case is in the table:
     exit 130, no temp file anywhere, every case.json beside complete outputs; the same command then

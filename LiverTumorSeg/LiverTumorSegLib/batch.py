@@ -3,8 +3,9 @@ files) to one results folder: `results.csv` (one row per case) and each case's o
 `<out>/<case>/` (tumor.dcm, a DICOM SEG, when the CT is a DICOM series, else tumor.seg.nrrd;
 lesions.csv; case.json, its row and input hash).
 
-Each case runs the same engine calls as `segment` (storage reads, the memory check,
-core.inference.segment, the same writers) in a worker that loads the model once. Locally a
+Each case runs the same engine calls as `segment` (storage reads, the liver found by the shipped
+liver network when the case has no mask, the memory check, core.inference.segment, the same
+writers) in a worker that loads the models once. Locally a
 process pool sized to the cores; with `--scheduler ADDRESS` the same function on the workers of
 an existing Dask distributed cluster (Dask schedules, retries the cases of a worker that died,
 and its workers keep the model between cases).
@@ -261,11 +262,31 @@ def failed_row(case: Case, exc: BaseException, seconds: float = 0.0) -> dict:
     return _row(case, "failed", reason, seconds=round(seconds, 2))
 
 
+def _found_liver(image):
+    """A case without a liver mask, as `segment` without --liver: the liver found by the shipped
+    liver network and checked (bool, the CT's grid); InputError (the case's row) when no plausible
+    liver is found or the search would not fit in memory. What the checks cleaned is warned."""
+    from .core.liver import peak_bytes
+    from .core.liver_checks import find_plausible_liver
+    from .storage.memory import memory_problem_of
+    from .storage.modelstore import shipped_liver_network
+
+    problem = memory_problem_of(peak_bytes(image.shape, image.spacing_zyx), image.shape, "finding the liver in",
+                                "give the case a liver mask (the CSV's liver column)")
+    if problem:
+        raise InputError(problem)
+    check = find_plausible_liver(image, shipped_liver_network())
+    for note in check.notes:
+        warnings.warn(f"liver found automatically: {note}")
+    return check.mask.array > 0
+
+
 def _segment_case(case: Case, settings: BatchSettings, folder: Path) -> tuple[dict, list, str]:
     """(numbers for the row, output file names, a note) of one case, its outputs committed together."""
     import numpy as np
     import torch
 
+    from .cli_outputs import write_tumor_output
     from .core.inference import segment
     from .storage import images
     from .storage.fsutil import StagedOutputs
@@ -275,7 +296,7 @@ def _segment_case(case: Case, settings: BatchSettings, folder: Path) -> tuple[di
     torch.set_num_threads(max(1, settings.threads))
     model = cached_model(settings.model, settings.model_digest)
     image = images.read_image(case.ct, keep_integer=True)
-    liver = images.read_liver_mask(case.liver, reference=image) if case.liver else None
+    liver = images.read_liver_mask(case.liver, reference=image) if case.liver else _found_liver(image)
     problem = segment_memory_problem(image, liver, model.feature_settings.margin_mm, model.feature_settings.spacing_mm)
     if problem:
         raise InputError(problem)
@@ -296,14 +317,14 @@ def _segment_case(case: Case, settings: BatchSettings, folder: Path) -> tuple[di
             write_tumor_seg(staged.path_for(folder / tumor_name), result.tumor, case.ct, model.meta.get("version", ""),
                             result.threshold)
         else:
-            images.write_segmentation(staged.path_for(folder / tumor_name), result.tumor, [images.TUMOR_SEGMENT])
+            write_tumor_output(staged.path_for(folder / tumor_name), result.tumor, liver)
         write_lesion_csv(result.lesions, staged.path_for(folder / "lesions.csv"))
         staged.commit()
     voxel_ml = image.voxel_volume_mm3 / 1000.0
     tumor_ml = float(np.count_nonzero(result.tumor.array)) * voxel_ml
-    liver_ml = float(np.count_nonzero(liver)) * voxel_ml if liver is not None else None
+    liver_ml = float(np.count_nonzero(liver)) * voxel_ml
     numbers = {
-        "liver_ml": "" if liver_ml is None else round(liver_ml, 2),
+        "liver_ml": round(liver_ml, 2),
         "tumor_ml": round(tumor_ml, 3),
         "burden_pct": "" if not liver_ml else round(100.0 * tumor_ml / liver_ml, 3),
         "lesion_count": len(result.lesions),

@@ -23,7 +23,8 @@ from pathlib import Path
 from .errors import Cancelled, InputError
 from .training.settings import TrainSettings  # light: the train help reads its defaults
 from .protocol import ERROR_PREFIX, PROGRESS_JSON, WARNING_PREFIX, progress_line
-from .cli_outputs import IMAGE_SUFFIXES, check_distinct, check_output, check_tumor_output, make_progress_printer
+from .cli_outputs import (IMAGE_SUFFIXES, check_distinct, check_output, check_tumor_output, make_progress_printer,
+                          write_liver_output, write_tumor_output)
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -300,10 +301,9 @@ def automatic_liver(image, progress=None) -> "np.ndarray":  # noqa: F821
     """The liver found by the bundled liver network (bool, CT grid), or InputError (exit 2) naming
     why no plausible liver was found and asking for --liver. What was cleaned is warned."""
     from .core.liver_checks import find_plausible_liver
-    from .core.liver_network import load_liver_network
-    from .storage.modelstore import liver_model_path
+    from .storage.modelstore import shipped_liver_network
 
-    check = find_plausible_liver(image, load_liver_network(liver_model_path()), progress=progress)
+    check = find_plausible_liver(image, shipped_liver_network(), progress=progress)
     for note in check.notes:
         warnings.warn(f"liver found automatically: {note}")
     print(f"liver found automatically: {check.volume_ml:.0f} mL, mean {check.mean_hu:.0f} HU", file=sys.stderr)
@@ -326,35 +326,6 @@ def check_memory(image, liver, model) -> None:
     problem = segment_memory_problem(image, liver, settings.margin_mm, settings.spacing_mm)
     if problem:
         raise InputError(problem)
-
-
-def write_tumor_output(out: Path, tumor, liver=None) -> None:
-    """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment and, when a liver was used,
-    a 'Liver' segment under it (the tumors are part of the liver); else a uint8 labelmap (1 = tumor)."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from .storage import images
-
-    if str(out).lower().endswith(".seg.nrrd"):
-        if liver is None:
-            images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
-            return
-        labels = np.where(tumor.array > 0, 2, np.asarray(liver, dtype=np.uint8)).astype(np.uint8)
-        images.write_segmentation(out, tumor.with_array(labels), [replace(images.TUMOR_SEGMENT, value=2), images.LIVER_SEGMENT])
-    else:
-        images.write_labelmap(tumor, out)
-
-
-def write_liver_output(out: Path, liver) -> None:
-    """`--liver-out`: `.seg.nrrd` -> a 'Liver' segment; else a uint8 labelmap (1 = liver)."""
-    from .storage import images
-
-    if str(out).lower().endswith(".seg.nrrd"):
-        images.write_segmentation(out, liver, [images.LIVER_SEGMENT])
-    else:
-        images.write_labelmap(liver, out)
 
 
 def write_dicom_seg_output(out: Path, result, dicom_folder, model) -> None:

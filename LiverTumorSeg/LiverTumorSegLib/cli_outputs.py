@@ -102,3 +102,32 @@ def make_progress_printer(as_json: bool):
             bar.close()
 
     return report, close
+
+
+def write_tumor_output(out: Path, tumor, liver=None) -> None:
+    """`.seg.nrrd` -> Slicer segmentation with a 'Liver tumor' segment and, when a liver was used,
+    a 'Liver' segment under it (the tumors are part of the liver); else a uint8 labelmap (1 = tumor)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .storage import images
+
+    if str(out).lower().endswith(".seg.nrrd"):
+        if liver is None:
+            images.write_segmentation(out, tumor, [images.TUMOR_SEGMENT])
+            return
+        labels = np.where(tumor.array > 0, 2, np.asarray(liver, dtype=np.uint8)).astype(np.uint8)
+        images.write_segmentation(out, tumor.with_array(labels), [replace(images.TUMOR_SEGMENT, value=2), images.LIVER_SEGMENT])
+    else:
+        images.write_labelmap(tumor, out)
+
+
+def write_liver_output(out: Path, liver) -> None:
+    """`--liver-out`: `.seg.nrrd` -> a 'Liver' segment; else a uint8 labelmap (1 = liver)."""
+    from .storage import images
+
+    if str(out).lower().endswith(".seg.nrrd"):
+        images.write_segmentation(out, liver, [images.LIVER_SEGMENT])
+    else:
+        images.write_labelmap(liver, out)

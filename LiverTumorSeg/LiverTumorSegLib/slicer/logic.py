@@ -154,16 +154,15 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
         naming the problem when no plausible liver is found (then the user chooses a liver segment)."""
         from ..core.liver import peak_bytes
         from ..core.liver_checks import find_plausible_liver
-        from ..core.liver_network import load_liver_network
         from ..storage.memory import memory_problem_of
-        from ..storage.modelstore import liver_model_path
+        from ..storage.modelstore import shipped_liver_network
 
         problem = memory_problem_of(peak_bytes(image.shape, image.spacing_zyx), image.shape, "finding the liver in",
                                     "choose the liver segment")
         if problem:
             raise InputError(problem)
         try:
-            check = find_plausible_liver(image, load_liver_network(liver_model_path()), progress=progress)
+            check = find_plausible_liver(image, shipped_liver_network(), progress=progress)
         except InputError as error:
             raise InputError(str(error).replace("give a liver mask with --liver", "choose a liver segment")) from None
         return check.mask.array > 0

@@ -12,6 +12,8 @@ half-written version, and an existing folder is refused rather than overwritten.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import os
@@ -194,6 +196,15 @@ def liver_model_path() -> Path:
     """The shipped liver network's weights, Resources/Models/liver/liver_unet.npz (converted from
     pyliverlesionseg 0.3 by scripts/convert_liver_model.py; NOTICE beside it)."""
     return _models_folder() / "liver" / "liver_unet.npz"
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_liver_network():
+    """The shipped liver network (core.liver_network.LiverUNet), loaded once per process: a batch
+    worker, the web server and the Slicer Logic find many livers with the same weights."""
+    from ..core.liver_network import load_liver_network
+
+    return load_liver_network(liver_model_path())
 
 
 def _jsonable(value):
