@@ -266,13 +266,11 @@ def _found_liver(image):
     """A case without a liver mask, as `segment` without --liver: the liver found by the shipped
     liver network and checked (bool, the CT's grid); InputError (the case's row) when no plausible
     liver is found or the search would not fit in memory. What the checks cleaned is warned."""
-    from .core.liver import peak_bytes
     from .core.liver_checks import find_plausible_liver
-    from .storage.memory import memory_problem_of
+    from .storage.memory import liver_memory_problem
     from .storage.modelstore import shipped_liver_network
 
-    problem = memory_problem_of(peak_bytes(image.shape, image.spacing_zyx), image.shape, "finding the liver in",
-                                "give the case a liver mask (the CSV's liver column)")
+    problem = liver_memory_problem(image.shape, image.spacing_zyx, "give the case a liver mask (the CSV's liver column)")
     if problem:
         raise InputError(problem)
     check = find_plausible_liver(image, shipped_liver_network())

@@ -253,7 +253,9 @@ def cmd_segment(args) -> int:
         model = load_model_arg(args.model)
         header = images.image_header(args.image)
         if header:  # refused before the voxels are even read
-            problem = liver_memory_problem(*header)
+            from .storage.memory import liver_memory_problem
+
+            problem = liver_memory_problem(*header, "give a liver mask (--liver)")
             if problem:
                 raise InputError(problem)
         image, liver = read_ct_and_liver(args.image, None)
@@ -281,20 +283,6 @@ def cmd_segment(args) -> int:
     total_ml = sum(lesion.volume_ml for lesion in result.lesions)
     print(f"{len(result.lesions)} lesion(s), {total_ml:.1f} mL in total, threshold {result.threshold:.2f} -> {out}")
     return 0
-
-
-def liver_memory_problem(shape_zyx, spacing_zyx) -> str | None:
-    """Refuse up front a liver search that would not fit in the free memory (memory.py)."""
-    from .storage.memory import memory_problem_of
-
-    return memory_problem_of(liver_peak_bytes(shape_zyx, spacing_zyx), shape_zyx, "finding the liver in",
-                             "give a liver mask (--liver)")
-
-
-def liver_peak_bytes(shape_zyx, spacing_zyx) -> float:
-    from .core.liver import peak_bytes
-
-    return peak_bytes(shape_zyx, spacing_zyx)
 
 
 def automatic_liver(image, progress=None) -> "np.ndarray":  # noqa: F821

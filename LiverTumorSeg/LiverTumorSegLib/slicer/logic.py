@@ -152,13 +152,11 @@ class LiverTumorSegLogic(ModelVersions, ResultNodes):
     def findLiver(image, progress=None) -> np.ndarray:
         """The liver found by the bundled liver network (bool, the CT's grid), checked; InputError
         naming the problem when no plausible liver is found (then the user chooses a liver segment)."""
-        from ..core.liver import peak_bytes
         from ..core.liver_checks import find_plausible_liver
-        from ..storage.memory import memory_problem_of
+        from ..storage.memory import liver_memory_problem
         from ..storage.modelstore import shipped_liver_network
 
-        problem = memory_problem_of(peak_bytes(image.shape, image.spacing_zyx), image.shape, "finding the liver in",
-                                    "choose the liver segment")
+        problem = liver_memory_problem(image.shape, image.spacing_zyx, "choose the liver segment")
         if problem:
             raise InputError(problem)
         try:

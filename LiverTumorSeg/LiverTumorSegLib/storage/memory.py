@@ -99,6 +99,14 @@ def memory_problem(shape_zyx, spacing_zyx, box_shape_zyx=None, available: int | 
             f"{available / 1e9:.1f} GB are free; {fix}, or close other programs")
 
 
+def liver_memory_problem(shape_zyx, spacing_zyx, fix: str) -> str | None:
+    """`memory_problem_of` the automatic liver search (core.liver.peak_bytes) on a CT of this shape
+    and spacing (mm); `fix` is the front end's way to give the liver instead."""
+    from ..core.liver import peak_bytes
+
+    return memory_problem_of(peak_bytes(shape_zyx, spacing_zyx), shape_zyx, "finding the liver in", fix)
+
+
 def memory_problem_of(need: float, shape_zyx, what: str, fix: str, available: int | None = None) -> str | None:
     """The one-line refusal when `need` bytes do not fit in HEADROOM of the free memory, else None
     (also when the free memory is unknown). `what` names the step ("finding the liver in")."""
