@@ -3,7 +3,7 @@ Dice on LiTS-117 with the found liver against the true one, and the liver step's
 memory on a 512 x 512 x 200 CT with one and two threads.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/liver.py [--real-case build/real_case] \
-        [--parity /work/parity/compare_f16.json] [--only dice|speed] [--force] [--wait-idle 900]
+        [--parity /work/parity/compare_f16.json] [--only dice|field_of_view|speed] [--force] [--wait-idle 900]
 
 Results go to benchmarks/results/liver.json; entries already there are kept unless --force
 (resumable: a run that stops keeps what it measured). Deterministic (no randomness; the speed CT is
@@ -90,6 +90,53 @@ def measure_dice(real_case: Path | None) -> dict:
                 row[f"tumor_dice_{which}"] = round(dice(result.tumor.array, tumor), 4)
         results[name] = row
         print(name, json.dumps(row), flush=True)
+    return results
+
+
+FIELDS_OF_VIEW = {"whole": (0.0, 0.0), "x 70 %": (0.0, 0.15), "y 70 %": (0.15, 0.0), "x and y 70 %": (0.15, 0.15),
+                  "x and y 60 %": (0.2, 0.2)}
+
+
+def in_plane_crop(ct, truth, cut_y: float, cut_x: float):
+    """The CT and its liver with `cut` of each in-plane side removed (a field of view through the body)."""
+    from LiverTumorSegLib.volume import Volume
+
+    nz, ny, nx = ct.shape
+    keep = np.s_[:, int(cut_y * ny):ny - int(cut_y * ny), int(cut_x * nx):nx - int(cut_x * nx)]
+    corner = np.asarray(ct.direction).reshape(3, 3) @ (np.array([keep[2].start, keep[1].start, 0]) * np.asarray(ct.spacing))
+    cropped = Volume(np.ascontiguousarray(ct.array[keep]), ct.spacing, tuple(np.asarray(ct.origin) + corner), ct.direction)
+    return cropped, truth[keep]
+
+
+def measure_field_of_view(real_case: Path | None) -> dict:
+    """Liver Dice with water beyond every side of the CT (the original) and with the body continued
+    past in-plane sides that cut through it (the product), on the real CTs cropped in-plane
+    (FIELDS_OF_VIEW) and on LiTS-117 as it is (its crop cuts the body), with its tumor Dice."""
+    import torch
+
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.core.liver import find_liver
+    from LiverTumorSegLib.core.liver_checks import check_liver
+    from LiverTumorSegLib.core.liver_network import load_liver_network
+    from LiverTumorSegLib.storage.modelstore import default_model_path, liver_model_path, load_model
+
+    torch.set_num_threads(1)
+    network = load_liver_network(liver_model_path())
+    model = load_model(default_model_path())
+    results = {}
+    for name, ct, truth, tumor in real_cts(real_case):
+        for view, (cut_y, cut_x) in FIELDS_OF_VIEW.items() if tumor is None else [("as shipped", (0.0, 0.0))]:
+            image, liver_true = in_plane_crop(ct, truth, cut_y, cut_x)
+            row = {"liver_kept": round(float(liver_true.sum() / truth.sum()), 3)}
+            for how, continue_body in (("water", False), ("body_continued", True)):
+                mask = check_liver(image, find_liver(image, network, continue_body=continue_body).mask).mask.array > 0
+                row[f"liver_dice_{how}"] = round(dice(mask, liver_true), 4)
+                if tumor is not None:
+                    row[f"tumor_dice_{how}"] = round(dice(segment(image, mask, model).tumor.array, tumor), 4)
+            if tumor is not None:
+                row["tumor_dice_true_liver"] = round(dice(segment(image, liver_true, model).tumor.array, tumor), 4)
+            results[f"{name}, {view}"] = row
+            print(f"{name}, {view}", json.dumps(row), flush=True)
     return results
 
 
@@ -183,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-case", help="folder with LiTS-117 (liver-ct-segmentation-package==1.6.0's wheel)")
     parser.add_argument("--parity", help="the JSON of scripts/liver_parity.py compare, copied in as 'parity'")
-    parser.add_argument("--only", choices=("dice", "speed"))
+    parser.add_argument("--only", choices=("dice", "field_of_view", "speed"))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--force", action="store_true", help="measure again what liver.json already holds")
     parser.add_argument("--wait-idle", type=float, default=0.0,
@@ -195,6 +242,9 @@ def main() -> None:
         results["parity"] = json.loads(Path(args.parity).read_text())
     if args.only in (None, "dice") and (args.force or "dice" not in results):
         results["dice"] = measure_dice(Path(args.real_case) if args.real_case else None)
+        write_json(OUT, results)
+    if args.only in (None, "field_of_view") and (args.force or "field_of_view" not in results):
+        results["field_of_view"] = measure_field_of_view(Path(args.real_case) if args.real_case else None)
         write_json(OUT, results)
     if args.only in (None, "speed"):
         speed = results.setdefault("speed", {})

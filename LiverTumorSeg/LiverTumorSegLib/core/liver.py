@@ -4,7 +4,8 @@ pipeline (pyliverlesionseg 0.3) less its body-crop step, which cut the liver dom
 1. the CT in HU resampled to 1.5 mm (box-averaged, liver_grid.zoom3d), median-filtered over
    3 x 3 x 3 voxels, resampled to 3 mm, turned into a RAS (x, y, z) array, then
    clip(HU / 1000, -0.2, 0.2) * 2.5;
-2. the network on a 189 x 162 x 162 box (zero outside the CT) whose 163 x 136 x 136 output is
+2. the network on a 189 x 162 x 162 box (zero outside the CT, except past a side where the
+   field of view cuts through the body in-plane: the body's edge goes on there) whose 163 x 136 x 136 output is
    centred on the volume, as the original places it; moved, or repeated, only where its output
    would miss part of the body (liver_grid.axis_starts); the rim no box reaches takes the nearest
    value, as in the original;
@@ -33,7 +34,7 @@ MEDIAN_MM = 1.5  # the grid of the median filter
 INPUT_SIZE = (189, 162, 162)  # network input box, RAS (x, y, z) voxels at 3 mm
 MARGIN = 13  # voxels at each end of an axis that the output lacks
 THRESHOLD = 0.5
-BODY_HU = -500.0  # above this is body (for covering a CT longer than one output box)
+BODY_HU = -500.0  # above this is body (for covering a CT longer than one output box, and cut faces)
 # Peak memory: the network's activations on one box, float32 copies on the 1.5 mm grid, bytes per
 # CT voxel; rounded up from benchmarks/liver.py (2.72 GB process peak on 512 x 512 x 200: estimated 3.3).
 NETWORK_BYTES = 2.8e9
@@ -105,10 +106,14 @@ def network_input(ct: Volume, workers: int = 1) -> tuple[np.ndarray, liver_grid.
 def body_extent(image: np.ndarray, axis: int) -> tuple[int, int]:
     """First and last voxel along `axis` where any voxel is body (input value above BODY_HU);
     the whole axis when none is."""
-    level = np.clip(BODY_HU / 1000.0, -0.2, 0.2) * 2.5
     other = tuple(a for a in range(3) if a != axis)
-    hit = np.flatnonzero((image > level).any(axis=other))
+    hit = np.flatnonzero(body_of(image).any(axis=other))
     return (int(hit[0]), int(hit[-1])) if hit.size else (0, image.shape[axis] - 1)
+
+
+def body_of(image: np.ndarray) -> np.ndarray:
+    """Body voxels (above BODY_HU) of a network input (RAS, 3 mm)."""
+    return image > np.clip(BODY_HU / 1000.0, -0.2, 0.2) * 2.5
 
 
 def patches(image: np.ndarray) -> list[liver_grid.Patch]:
@@ -119,18 +124,22 @@ def patches(image: np.ndarray) -> list[liver_grid.Patch]:
     return [liver_grid.Patch((x, y, z), INPUT_SIZE, MARGIN) for x in starts[0] for y in starts[1] for z in starts[2]]
 
 
-def liver_probability(network, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def liver_probability(network, image: np.ndarray, progress: Callable[[int, int], None] | None = None,
+                      continue_body: bool = True) -> np.ndarray:
     """The network's liver probability over `image` (RAS, 3 mm): boxes averaged where they
-    overlap, the nearest value where none looked."""
+    overlap, the nearest value where none looked. Past a side where the CT's field of view cuts
+    through the body the boxes continue the body instead of filling water (liver_grid.cut_faces);
+    continue_body=False fills water everywhere, as the original (only to measure what that does)."""
     import torch
 
     boxes = patches(image)
+    continued = liver_grid.cut_faces(body_of(image)) if continue_body else liver_grid.NOT_CONTINUED
     total = np.zeros(image.shape, dtype=np.float32)
     count = np.zeros(image.shape, dtype=np.uint8)
     for i, box in enumerate(boxes):
         if progress is not None:
             progress(i, len(boxes))
-        x = torch.from_numpy(liver_grid.cut_patch(image, box.start, box.size))[None, None]
+        x = torch.from_numpy(liver_grid.cut_patch(image, box.start, box.size, continued))[None, None]
         with torch.inference_mode():
             out = network(x)[0, 0].numpy()
         liver_grid.paste_output(total, count, out, box.output_start)
@@ -193,11 +202,13 @@ def find_liver(
     ct: Volume,
     network,
     progress: Callable[[dict], None] | None = None,
+    continue_body: bool = True,
 ) -> LiverFound:
     """The liver in a CT (HU): network input, probability, cleaned mask on the CT's grid.
 
     `network` is core.liver_network.LiverUNet (load_liver_network). No plausibility checks here:
     see liver_checks.check_liver. `progress` gets {"stage": "liver", "step", "total"}.
+    continue_body: see liver_probability (False only for the benchmarks).
     """
     seconds = {}
     start = time.perf_counter()
@@ -211,7 +222,7 @@ def find_liver(
             progress({"stage": "liver", "step": i, "total": n, "elapsed_s": time.perf_counter() - start})
 
     t = time.perf_counter()
-    probability = liver_probability(network, image, report)
+    probability = liver_probability(network, image, report, continue_body)
     seconds["network"] = time.perf_counter() - t
     t = time.perf_counter()
     grid_mask = clean_mask(probability)

@@ -178,17 +178,45 @@ def fill_uncovered(values: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return values[np.ix_(*index)]
 
 
-def cut_patch(array: np.ndarray, start, size) -> np.ndarray:
-    """The box of `size` at `start` (may reach outside: zero there), float32."""
+# A face of the volume at least this much body is a field of view cut through the patient.
+CUT_FACE_SHARE = 0.05
+NOT_CONTINUED = ((False, False),) * 3
+
+
+def cut_faces(body: np.ndarray, axes=(0, 1)) -> tuple[tuple[bool, bool], ...]:
+    """(first end, last end) of each axis of `body` (bool, RAS) where the volume cuts through the
+    patient: at least CUT_FACE_SHARE of that face is body. Only the in-plane axes (RAS x and y)
+    are looked at: every CT ends in z, and the network learned those ends with zero beyond them,
+    while a reconstruction whose field of view cuts the body in-plane is what it never saw."""
+    faces = []
+    for axis in range(body.ndim):
+        if axis not in axes:
+            faces.append((False, False))
+            continue
+        first, last = np.take(body, 0, axis=axis), np.take(body, body.shape[axis] - 1, axis=axis)
+        faces.append((bool(first.mean() >= CUT_FACE_SHARE), bool(last.mean() >= CUT_FACE_SHARE)))
+    return tuple(faces)
+
+
+def cut_patch(array: np.ndarray, start, size, continued=NOT_CONTINUED) -> np.ndarray:
+    """The box of `size` at `start`, float32. Where it reaches outside the array it is zero (water,
+    as the original fills it), except past the ends marked in `continued` ((first, last) per axis,
+    cut_faces), where the array's end slice is repeated: the body goes on there, and continuing it
+    is closer to a whole patient than water is."""
     box = np.zeros(tuple(size), dtype=np.float32)
-    src, dst = [], []
-    for s, n, length in zip(start, size, array.shape):
-        a, b = max(s, 0), min(s + n, length)
-        if b <= a:
+    source, target = [], []
+    for s, n, length, (first, last) in zip(start, size, array.shape, continued):
+        index = np.arange(s, s + n)
+        keep = np.ones(n, dtype=bool)
+        if not first:
+            keep &= index >= 0
+        if not last:
+            keep &= index < length
+        if not keep.any():
             return box
-        src.append(slice(a, b))
-        dst.append(slice(a - s, b - s))
-    box[tuple(dst)] = array[tuple(src)]
+        source.append(np.clip(index[keep], 0, length - 1))
+        target.append(np.flatnonzero(keep))
+    box[np.ix_(*target)] = array[np.ix_(*source)]
     return box
 
 
