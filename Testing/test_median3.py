@@ -25,11 +25,11 @@ def test_every_zero_one_window_gives_its_median():
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 1), (1, 4, 3), (2, 2, 2), (5, 6, 7), (9, 10, 11), (20, 33, 17)])
-@pytest.mark.parametrize("chunk", [1, 7, 1000, median3_module.CHUNK])
+@pytest.mark.parametrize("chunk", [1, 7, 1000, median3_module.CHUNK_BYTES // 4])
 def test_equals_scipy_with_ties_and_edges(shape, chunk, monkeypatch):
     if chunk < 10 and np.prod(shape) > 1000:
         pytest.skip("tiny chunks on a big volume: slow, and covered by the smaller shapes")
-    monkeypatch.setattr(median3_module, "CHUNK", chunk)
+    monkeypatch.setattr(median3_module, "CHUNK_BYTES", 4 * chunk)  # float32 voxels
     rng = np.random.default_rng(sum(shape) + chunk)
     for values in (rng.normal(0, 100, shape), rng.integers(-2, 3, shape), np.full(shape, 7.0)):
         a = values.astype(np.float32)
