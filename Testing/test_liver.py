@@ -95,12 +95,6 @@ def test_zoom_matrix_is_the_originals_box_average_and_centred_interpolation():
     assert liver_grid.zoom3d(np.ones((7, 5, 4)), (3 / 1.5, 0.8 / 1.5, 1.0)).shape == (14, 3, 4)
 
 
-def test_median_in_slabs_is_one_median():
-    a = np.random.default_rng(2).normal(0, 100, (9, 7, 5)).astype(np.float32)
-    for workers in (1, 2, 4, 20):
-        np.testing.assert_array_equal(liver.median3(a, workers), ndimage.median_filter(a, size=3))
-
-
 def test_ras_frame_round_trip_and_orientation():
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     flipped_y = Volume(array, (1, 2, 3), direction=(1, 0, 0, 0, -1, 0, 0, 0, 1))

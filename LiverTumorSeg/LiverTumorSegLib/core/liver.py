@@ -28,6 +28,7 @@ from scipy import ndimage, sparse
 
 from ..volume import Volume
 from . import liver_grid
+from .median3 import median3
 
 NETWORK_MM = 3.0  # the grid the network was trained on (the HDF5 header's voxel_size)
 MEDIAN_MM = 1.5  # the grid of the median filter
@@ -67,32 +68,9 @@ def peak_bytes(shape_zyx, spacing_zyx) -> float:
     return NETWORK_BYTES + BYTES_PER_FINE_VOXEL * fine + BYTES_PER_CT_VOXEL * float(np.prod(shape_zyx))
 
 
-def median3(array: np.ndarray, workers: int = 1) -> np.ndarray:
-    """scipy's 3 x 3 x 3 median filter (edges mirrored), in `workers` slabs along axis 0 run in
-    threads (scipy releases the GIL): each slab reads one voxel more on each inner side, so the
-    result is the same array as one call."""
-    n = array.shape[0]
-    cuts = np.linspace(0, n, max(1, min(workers, n)) + 1).astype(int)
-    out = np.empty_like(array)
-
-    def slab(k: int) -> None:
-        lo, hi = cuts[k], cuts[k + 1]
-        read_lo, read_hi = max(lo - 1, 0), min(hi + 1, n)
-        out[lo:hi] = ndimage.median_filter(array[read_lo:read_hi], size=3)[lo - read_lo: hi - read_lo]
-
-    if len(cuts) == 2:
-        slab(0)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(cuts) - 1) as pool:
-            list(pool.map(slab, range(len(cuts) - 1)))
-    return out
-
-
 def network_input(ct: Volume, workers: int = 1) -> tuple[np.ndarray, liver_grid.RasFrame]:
     """The CT (HU) as the network sees it: RAS (x, y, z) at 3 mm, values in [-0.5, 0.5].
-    `workers`: threads for the median filter."""
+    `workers`: threads for the median filter (core.median3: scipy's median_filter, exactly)."""
     frame = liver_grid.ras_frame(ct)
     # Resampling and the median treat every axis alike and either direction alike, so they run on
     # the CT's own (z, y, x) array (contiguous: fast) and only the 3 mm result is reoriented.
