@@ -18,7 +18,7 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -91,8 +91,9 @@ class LiverTumorSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorSeg contributors"]
         self.parent.helpText = _("""
-Segments liver tumors in a CT inside a liver segment (or ROI) with MHP-Net and a pass for the
-10-25 mm spots it misses, shows a lesion table,
+Segments liver tumors in a CT inside the liver (found automatically, taken from TotalSegmentator,
+or a liver segment or ROI you choose) with MHP-Net and a pass for the 10-25 mm spots it misses,
+shows a lesion table,
 and learns from your corrections: correct the result in the Segment Editor, add the case to your
 training set, and Retrain (in the background). Every trained version is kept; choose an older one
 in the model list to roll back.
@@ -114,12 +115,14 @@ PyTorch, SimpleITK and SciPy.
 @parameterNodeWrapper
 class LiverTumorSegParameterNode:
     """
-    inputVolume - CT to segment. liverSegmentation/liverSegmentId or liverRoi - where to look.
+    inputVolume - CT to segment. liverSource - where the liver comes from (rules.LIVER_SOURCES: the
+    bundled network, TotalSegmentator, or liverSegmentation/liverSegmentId or liverRoi).
     outputSegmentation - where results go (None: a new node). threshold - the decision threshold
     (the slider re-thresholds the kept probability map). trainingMinutes - Retrain time budget.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    liverSource: Annotated[str, Choice(list(rules.LIVER_SOURCES))] = rules.LIVER_AUTOMATIC
     liverSegmentation: vtkMRMLSegmentationNode
     liverSegmentId: str = ""
     liverRoi: vtkMRMLMarkupsROINode
@@ -145,6 +148,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = False
         self._trainingJob = None
         self._segmentJob = None
+        self._segmentFindsLiver = False  # the running Segment finds the liver itself (source Automatic)
+        self._runningTotalSegmentator = False
         self._shownOutputId = None
         self._caseCount = 0
         self._hasModel = False
@@ -228,9 +233,26 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            offered = self.logic.liverSources()
+            if self._parameterNode.liverSource not in offered:  # e.g. a scene saved where TotalSegmentator was installed
+                self._parameterNode.liverSource = rules.LIVER_AUTOMATIC
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._offerLiverSources(offered)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
+
+    def _offerLiverSources(self, offered) -> None:
+        """connectGui fills the liver source box with every choice: drop those not offered here
+        (TotalSegmentator, last, when not installed; the connector reads choices[currentIndex],
+        so only trailing ones may go) and give each its tooltip."""
+        selector = self.ui.liverSourceSelector
+        while selector.count > len(offered):
+            selector.removeItem(selector.count - 1)
+        tips = {rules.LIVER_AUTOMATIC: _("The bundled liver network finds the liver (seconds, offline)."),
+                rules.LIVER_SEGMENT: _("The liver segment (or ROI) chosen below."),
+                rules.LIVER_TOTALSEGMENTATOR: _("The TotalSegmentator extension's liver (minutes on a CPU).")}
+        for index, source in enumerate(offered):
+            selector.setItemData(index, tips[source], qt.Qt.ToolTipRole)
 
     # ---- GUI state -------------------------------------------------------------------------
     def _checkCanApply(self, caller=None, event=None) -> None:
@@ -238,12 +260,17 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self._syncLiverSelector()
         output = p.outputSegmentation if p else None
+        givesLiver = bool(p and p.liverSource == rules.LIVER_SEGMENT)
+        self.ui.liverSegmentSelector.enabled = givesLiver
+        self.ui.liverRoiSelector.enabled = givesLiver
         state = rules.PanelState(
-            hasCt=bool(p and p.inputVolume), hasLiverSegment=bool(p and p.liverSegmentation and p.liverSegmentId),
+            hasCt=bool(p and p.inputVolume), liverSource=p.liverSource if p else rules.LIVER_AUTOMATIC,
+            hasLiverSegment=bool(p and p.liverSegmentation and p.liverSegmentId),
             hasLiverRoi=bool(p and p.liverRoi), hasModel=self._hasModel, hasTumor=bool(self.logic.tumorSegmentId(output)),
             hasProbability=self.logic.probabilityNode(output) is not None, caseCount=self._caseCount,
             caseSelected=bool(self.ui.caseListWidget.selectedItems()),
-            segmenting=self._segmentJob is not None, training=self._trainingJob is not None)
+            segmenting=self._segmentJob is not None or self._runningTotalSegmentator,
+            training=self._trainingJob is not None)
         for widget, blockers, tip in (
                 (self.ui.segmentButton, rules.segmentBlockers,
                  _("Segment liver tumors into the output segmentation, in the background")),
@@ -371,7 +398,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         """Start Segment in a background process (`livertumorseg segment`); _pollJobs finishes it."""
-        if self._segmentJob is not None or not self._ensureDependencies():
+        if self._segmentJob is not None or self._runningTotalSegmentator or not self._ensureDependencies():
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
@@ -381,16 +408,43 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     _("The tumor segment in '{name}' was edited. Replace your edits with the new result?\n\n"
                       "No keeps the edited segment and adds the new result as another segment.").format(
                         name=p.outputSegmentation.GetName()))
+            if p.liverSource == rules.LIVER_TOTALSEGMENTATOR:
+                self._takeTotalSegmentatorLiver()
+            givesLiver = p.liverSource == rules.LIVER_SEGMENT
             self._segmentJob = self.logic.startSegment(
-                p.inputVolume, p.liverSegmentation, p.liverSegmentId or None, p.liverRoi,
-                outputSegmentationNode=p.outputSegmentation, replaceEdited=replace,
+                p.inputVolume, p.liverSegmentation if givesLiver else None, (p.liverSegmentId or None) if givesLiver else None,
+                p.liverRoi if givesLiver else None, outputSegmentationNode=p.outputSegmentation, replaceEdited=replace,
                 showProbability=p.showProbability)
+            self._segmentFindsLiver = not givesLiver
             self.ui.segmentProgressBar.value = 0
             self.ui.segmentProgressBar.setFormat(_("Starting..."))
             self.ui.segmentProgressBar.setVisible(True)
             self.ui.segmentStatusLabel.text = _("Segmenting in the background...")
             self._jobTimer.start()
         self._checkCanApply()
+
+    def _takeTotalSegmentatorLiver(self) -> None:
+        """TotalSegmentator's liver into the output's 'Liver' segment, which then becomes the chosen
+        liver segment (to correct; what Segment searches and Add case stores). TotalSegmentator's
+        process blocks: its log lines keep the panel painted meanwhile."""
+        p = self._parameterNode
+
+        def showLog(text) -> None:
+            if text.strip():
+                self.ui.segmentStatusLabel.text = _("TotalSegmentator: {line}").format(line=text.strip()[:120])
+            slicer.app.processEvents()
+
+        self._runningTotalSegmentator = True
+        self._checkCanApply()
+        try:
+            self.ui.segmentStatusLabel.text = _("Finding the liver with TotalSegmentator (minutes on a CPU)...")
+            output, liverId = self.logic.liverFromTotalSegmentator(p.inputVolume, p.outputSegmentation, log=showLog)
+        finally:
+            self._runningTotalSegmentator = False
+        with slicer.util.NodeModify(p.parameterNode):
+            p.outputSegmentation = output
+            p.liverSegmentation, p.liverSegmentId = output, liverId
+            p.liverSource = rules.LIVER_SEGMENT
 
     def onCancelSegment(self) -> None:
         if self._segmentJob is not None:
@@ -463,10 +517,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.outputSegmentation = segmentation
                 p.threshold = float(segmentation.GetAttribute(liblogic.THRESHOLD_ATTRIBUTE))
                 foundLiver = self.logic.foundLiverSegmentId(segmentation)
-                if foundLiver and not (p.liverSegmentation and p.liverSegmentId) and not p.liverRoi:
-                    # The liver it found becomes the liver input: corrected in the editor, it is what
-                    # the next Segment searches and what Add case stores.
+                if foundLiver and self._segmentFindsLiver:
+                    # The liver it found becomes the chosen liver segment: corrected in the editor, it
+                    # is what the next Segment searches and what Add case stores.
                     p.liverSegmentation, p.liverSegmentId = segmentation, foundLiver
+                    p.liverSource = rules.LIVER_SEGMENT
             self._shownOutputId = segmentation.GetID()
         finally:
             self._updatingGui = False
@@ -791,6 +846,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
             widget._refreshCases()
             parameters = widget.logic.getParameterNode()
             parameters.inputVolume = ct
+            parameters.liverSource = rules.LIVER_SEGMENT
             parameters.liverSegmentation = liverSegmentation
             parameters.liverSegmentId = liverId
             parameters.outputSegmentation = None

@@ -814,3 +814,115 @@ def test_segment_refuses_a_ct_without_a_plausible_liver(library_with_model, scen
     node = mrml.add_volume_node(scene, Volume(np.full((20, 200, 200), 100, np.int16), (1.0, 1.0, 2.0)), "not a CT")
     with pytest.raises(InputError, match="choose a liver segment"):
         library_with_model.segment(node)
+
+
+# ---- the liver source: TotalSegmentator's liver as the editable "Liver" segment (issue 24) ------
+def ts_terminology(category, type_, region=("", "", "")) -> str:
+    """A terminology entry as SlicerTotalSegmentator's loadTotalSegmentatorLabelTerminology writes it."""
+    return ("Segmentation category and type - DICOM master list~" + "^".join(category) + "~" + "^".join(type_)
+            + "~^^~Anatomic codes - DICOM master list~" + "^".join(region) + "~^^|")
+
+
+ANATOMY = ("SCT", "123037004", "Anatomical Structure")
+LIVER = ("SCT", "10200004", "Liver")
+
+
+def totalsegmentator_output(scene, ct, liver_mask, class_ids=True):
+    """A segmentation node shaped like TotalSegmentator's (TotalSegmentatorLogic.readSegmentation
+    and setTerminology): segment IDs are its class names, names the standard labels, terminology
+    tagged; the liver comes after its vessels and among other organs. `class_ids=False`: IDs as a
+    reloaded or exported file may have them (Segment_1...), so only terminology and names tell."""
+    shape = liver_mask.shape
+    spleen = np.zeros(shape, bool)
+    spleen[:, :10, :10] = True
+    vessels = liver_mask & (np.arange(shape[2]) % 7 == 0)[None, None, :]
+    tumor = np.zeros(shape, bool)
+    tumor[shape[0] // 2, shape[1] // 2, shape[2] // 2] = True
+    structures = [
+        ("liver_vessels", "Liver vessels", ts_terminology(ANATOMY, ("SCT", "59820001", "Blood vessel"), LIVER), vessels),
+        ("liver_tumor", "Liver tumor",
+         ts_terminology(("SCT", "49755003", "Morphologically Altered Structure"), ("SCT", "108369006", "Neoplasm"), LIVER),
+         tumor),
+        ("spleen", "Spleen", ts_terminology(ANATOMY, ("SCT", "78961009", "Spleen")), spleen),
+        ("liver", "Liver", ts_terminology(ANATOMY, LIVER), liver_mask),
+        ("kidney_left", "Left kidney", ts_terminology(ANATOMY, ("SCT", "64033007", "Kidney")), spleen[::-1]),
+    ]
+    node = mrml.new_segmentation_node(scene, ct, "CT TotalSegmentator")
+    for n, (class_name, name, terminology, mask) in enumerate(structures, start=1):
+        segment_id = class_name if class_ids else f"Segment_{n}"
+        node.GetSegmentation().AddEmptySegment(segment_id, name, [0.5, 0.5, 0.5])
+        mrml.write_segment(node, mask, ct, segment_id=segment_id)
+        mrml.set_terminology(node.GetSegmentation().GetSegment(segment_id), terminology)
+    return node
+
+
+def test_liver_sources_here_are_automatic_and_a_segment_and_totalsegmentator_is_refused(logic, scene, ct):
+    from LiverTumorSegLib.slicer.liver_sources import totalSegmentatorInstalled
+
+    assert not totalSegmentatorInstalled()  # slicer-core: no Slicer application, no extensions
+    assert logic.liverSources() == ["Automatic", "Liver segment"]
+    before = count_nodes(scene)
+    with pytest.raises(InputError, match="TotalSegmentator extension is not installed.*Extensions Manager"):
+        logic.liverFromTotalSegmentator(ct)
+    assert count_nodes(scene) == before
+
+
+def test_totalsegmentators_liver_becomes_the_editable_liver_segment_segment_searches_and_add_case_stores(
+        logic, scene, ct, liver, phantom, tiny_model):
+    truth = phantom.labels.array > 0
+    source = totalsegmentator_output(scene, ct, truth)
+    node, liver_id = logic.takeLiver(source, ct)
+
+    assert mrml.segment_ids(node) == [liver_id]  # its liver only, not the other organs
+    segment = node.GetSegmentation().GetSegment(liver_id)
+    assert segment.GetName() == "Liver" and mrml.terminology(segment) == images.LIVER_SEGMENT.terminology
+    assert logic.foundLiverSegmentId(node) == liver_id  # the automatic liver's segment: replaced only while unedited
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, liver_id, ct), truth)
+    assert source.GetSegmentation().GetSegment("liver") is not None  # the source is left as it was
+
+    # Used as the liver input: the tumors are searched inside it, exactly as inside the user's liver.
+    segmentation, _ = logic.segment(ct, node, liver_id, model=tiny_model, outputSegmentationNode=node)
+    by_hand, _ = logic.segment(ct, *liver, model=tiny_model)
+    assert segmentation is node and segmentation.GetAttribute("LiverTumorSeg.LiverRegion") == "1"
+    tumor_id = logic.tumorSegmentId(node)
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, tumor_id, ct),
+                                  mrml.segment_to_mask(by_hand, logic.tumorSegmentId(by_hand), ct))
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, liver_id, ct), truth)  # Segment left the liver alone
+
+    # Corrected, Add case stores the corrected liver; taking the liver again keeps the edit.
+    corrected = truth.copy()
+    corrected[: truth.shape[0] // 3] = False
+    user_edit(node, liver_id, corrected, ct)
+    case_id = logic.addCase(ct, node, liver_id, node, tumor_id)
+    labels = images.read_labels(logic.libraryPath / "cases" / case_id / "label.nrrd", reference=phantom.image)
+    np.testing.assert_array_equal(labels.array > 0, corrected | mrml.segment_to_mask(node, tumor_id, ct))
+    assert not (labels.array[: truth.shape[0] // 3] == 1).any()
+    again, again_id = logic.takeLiver(source, ct, node)
+    assert again is node and again_id != liver_id
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, liver_id, ct), corrected)
+
+
+def test_the_liver_is_found_by_terminology_or_name_never_its_vessels_or_tumors(logic, scene, ct, phantom):
+    from LiverTumorSegLib.slicer.liver_sources import liverSegmentIdOf
+
+    truth = phantom.labels.array > 0
+    reloaded = totalsegmentator_output(scene, ct, truth, class_ids=False)
+    assert liverSegmentIdOf(reloaded) == "Segment_4"  # by terminology: after "Liver vessels" and "Liver tumor"
+    mrml.set_terminology(reloaded.GetSegmentation().GetSegment("Segment_4"), "")
+    assert liverSegmentIdOf(reloaded) == "Segment_4"  # by its name alone
+    node, liver_id = logic.takeLiver(reloaded, ct)
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, liver_id, ct), truth)
+
+
+def test_a_segmentation_without_a_liver_is_refused_with_the_fix(logic, scene, ct, phantom):
+    truth = phantom.labels.array > 0
+    source = totalsegmentator_output(scene, ct, truth)
+    source.GetSegmentation().RemoveSegment("liver")
+    before = count_nodes(scene)
+    with pytest.raises(InputError, match="has no liver segment.*choose Automatic"):
+        logic.takeLiver(source, ct)
+    assert count_nodes(scene) == before  # no output node made for nothing
+
+    empty = totalsegmentator_output(scene, ct, np.zeros_like(truth))
+    with pytest.raises(InputError, match="liver segment of 'CT TotalSegmentator' is empty"):
+        logic.takeLiver(empty, ct)

@@ -81,6 +81,8 @@ def test_every_slicer_parameter_name_is_a_parameter_node_field(ui_tree):
             assert "int" in annotation, (name, annotation)
         elif widget_class in ("QLineEdit",):
             assert annotation == "str", (name, annotation)
+        elif widget_class in ("QComboBox",):  # QComboBoxToStringableConnector needs the Choice validator
+            assert annotation.startswith("Annotated[str, Choice("), (name, annotation)
         else:
             pytest.fail(f"{name}: no parameter node connector for {widget_class}")
 

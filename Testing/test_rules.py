@@ -64,6 +64,24 @@ def test_an_roi_is_enough_to_segment_but_not_to_add_a_case():
     assert rules.addCaseBlockers(roi) == [rules.NO_LIVER_SEGMENT]
 
 
+def test_liver_sources_automatic_first_totalsegmentator_only_when_installed():
+    assert rules.liverSources(False) == [rules.LIVER_AUTOMATIC, rules.LIVER_SEGMENT]
+    assert rules.liverSources(True) == [rules.LIVER_AUTOMATIC, rules.LIVER_SEGMENT, rules.LIVER_TOTALSEGMENTATOR]
+    # The panel's combo box holds every choice and drops the ones not offered from its end.
+    for installed in (False, True):
+        offered = rules.liverSources(installed)
+        assert list(rules.LIVER_SOURCES[:len(offered)]) == offered
+
+
+def test_choosing_to_give_the_liver_needs_a_liver_segment_or_roi_to_segment():
+    chosen = PanelState(hasCt=True, hasModel=True, liverSource=rules.LIVER_SEGMENT)
+    assert rules.segmentBlockers(chosen) == [rules.NO_LIVER]
+    assert rules.segmentBlockers(PanelState(**{**chosen.__dict__, "hasLiverRoi": True})) == []
+    assert rules.segmentBlockers(PanelState(**{**chosen.__dict__, "hasLiverSegment": True})) == []
+    for source in (rules.LIVER_AUTOMATIC, rules.LIVER_TOTALSEGMENTATOR):  # these bring their own liver
+        assert rules.segmentBlockers(PanelState(**{**chosen.__dict__, "liverSource": source})) == []
+
+
 def test_a_result_without_its_probability_map_can_be_corrected_but_not_rethresholded():
     edited_elsewhere = PanelState(**{**READY.__dict__, "hasProbability": False})
     assert rules.correctBlockers(edited_elsewhere) == []

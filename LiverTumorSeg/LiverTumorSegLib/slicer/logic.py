@@ -10,7 +10,7 @@
 MRML only, no qt: it runs inside Slicer and under `slicer-core` (tests, batch scripts). Nodes go
 through `mrml.py`; the computation is the engine's. The Logic is split by what it handles:
 model versions and Retrain (models.py), the result nodes (results.py), the background jobs
-(jobs.py); this file holds Segment, the case library and the inputs. The module file mixes this
+(jobs.py), the liver sources and TotalSegmentator's liver (liver_sources.py); this file holds Segment, the case library and the inputs. The module file mixes this
 class with ScriptedLoadableModuleLogic; nothing here needs that base.
 """
 
@@ -32,6 +32,7 @@ from ..storage import fsutil
 from ..storage.library import CaseLibrary, ModelInfo, default_library_path  # noqa: F401 - ModelInfo: for the front ends
 from ..volume import Volume
 from .jobs import SegmentJob, SegmentThreadJob, backgroundThreads, childEnvironment, packageParent, pythonExecutable
+from .liver_sources import LiverSources
 from .models import ModelVersions
 from .rules import SEGMENT_FINDING_LIVER_STAGE_SPAN
 from .results import (  # noqa: F401 - THRESHOLD_ATTRIBUTE: the front ends read it here
@@ -62,7 +63,7 @@ def preloadEngine() -> threading.Thread:
     return thread
 
 
-class LiverTumorSegLogic(ModelVersions, ResultNodes):
+class LiverTumorSegLogic(ModelVersions, ResultNodes, LiverSources):
     """Segment liver tumors into MRML nodes, keep the case library, retrain in the background."""
 
     def __init__(self, libraryPath=None, scene=None):

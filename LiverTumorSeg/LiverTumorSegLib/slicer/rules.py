@@ -15,7 +15,7 @@ from dataclasses import dataclass
 SEGMENTING = "segmenting"  # a Segment job is running
 TRAINING = "training"  # a Retrain job is running
 NO_CT = "no CT"
-NO_LIVER = "no liver"  # neither a liver segment nor an ROI around the liver (no longer blocks Segment)
+NO_LIVER = "no liver"  # the liver source is "Liver segment" and neither a segment nor an ROI is chosen
 NO_LIVER_SEGMENT = "no liver segment"  # an ROI is not enough: a training case needs the liver's outline
 NO_MODEL = "no model"
 NO_RESULT = "no result"  # nothing segmented yet to correct
@@ -23,6 +23,12 @@ NO_TUMOR = "no tumor"  # nothing segmented (and corrected) yet to add as a case
 NO_PROBABILITY = "no probability"  # no kept probability map to re-threshold
 NO_CASE = "no case"
 NO_CASE_SELECTED = "no case selected"
+
+# Where Segment's liver comes from (the panel's liver source; the values are the words it shows).
+LIVER_AUTOMATIC = "Automatic"  # the bundled liver network (Logic.findLiver)
+LIVER_SEGMENT = "Liver segment"  # the liver segment (or ROI) the user chooses
+LIVER_TOTALSEGMENTATOR = "TotalSegmentator"  # the TotalSegmentator extension's liver, when it is installed
+LIVER_SOURCES = (LIVER_AUTOMATIC, LIVER_SEGMENT, LIVER_TOTALSEGMENTATOR)
 
 # Share of the progress bar per stage (percent), so one bar covers the whole run: `train`, and
 # `segment` (reading the CT comes before its first report, writing the result after "done").
@@ -40,6 +46,7 @@ class PanelState:
     """What the rules look at, read off a front end's inputs and jobs."""
 
     hasCt: bool = False
+    liverSource: str = LIVER_AUTOMATIC  # a front end without the choice finds the liver when none is given
     hasLiverSegment: bool = False
     hasLiverRoi: bool = False
     hasModel: bool = False
@@ -55,10 +62,18 @@ def segmentBlockers(state: PanelState) -> list[str]:
     reasons = [SEGMENTING] if state.segmenting else []
     if not state.hasCt:
         reasons.append(NO_CT)
-    # No liver segment or ROI is no blocker: Segment then finds the liver (Logic.findLiver).
+    # No liver segment or ROI is no blocker (Segment then finds the liver) unless the user chose
+    # to give the liver.
+    if state.liverSource == LIVER_SEGMENT and not (state.hasLiverSegment or state.hasLiverRoi):
+        reasons.append(NO_LIVER)
     if not state.hasModel:
         reasons.append(NO_MODEL)
     return reasons
+
+
+def liverSources(totalSegmentatorInstalled: bool) -> list[str]:
+    """The liver sources a front end offers, Automatic first (the default)."""
+    return [s for s in LIVER_SOURCES if totalSegmentatorInstalled or s != LIVER_TOTALSEGMENTATOR]
 
 
 def correctBlockers(state: PanelState) -> list[str]:
