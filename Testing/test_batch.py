@@ -216,7 +216,9 @@ def test_ctrl_c_leaves_no_half_written_file_and_the_rerun_completes(tmp_path):
     import subprocess
     import sys
 
-    cases = write_phantom_cases(tmp_path / "in", 4, seed=4, settings=PhantomSettings.small())
+    # Eight cases on two workers: when the first row is in the table, at most two more are running,
+    # so Ctrl-C always leaves cases to resume (with four, a busy machine once let the run end first).
+    cases = write_phantom_cases(tmp_path / "in", 8, seed=4, settings=PhantomSettings.small())
     command = [sys.executable, "-m", "LiverTumorSegLib", "batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                "--workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

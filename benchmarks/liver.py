@@ -57,6 +57,7 @@ def measure_dice(real_case: Path | None) -> dict:
     import torch
 
     from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.core.lesions import label_lesions
     from LiverTumorSegLib.core.liver import find_liver
     from LiverTumorSegLib.core.liver_checks import check_liver
     from LiverTumorSegLib.core.liver_network import load_liver_network
@@ -83,10 +84,16 @@ def measure_dice(real_case: Path | None) -> dict:
             "plausible": check.plausible, "problems": check.problems, "notes": check.notes,
             "seconds_1_thread": round(seconds, 1),
         }
-        if tumor is not None:  # the tumor Dice with the found liver against the same run with the true one
-            model = load_model(default_model_path())
-            for which, liver in (("true_liver", truth), ("found_liver", mask)):
-                result = segment(ct, liver, model)
+        model = load_model(default_model_path())
+        for which, liver in (("true_liver", truth), ("found_liver", mask)):
+            # the default model's lesions with each liver (in a tumor-free CT all false), and the tumor
+            # Dice with the found liver against the same run with the true one
+            result = segment(ct, liver, model)
+            lesions, count = label_lesions(result.tumor.array > 0)
+            outside = [i for i in range(1, count + 1) if not (truth[lesions == i]).any()]
+            row[f"lesions_{which}"] = {"count": count, "ml": round(float(np.count_nonzero(lesions)) * ct.voxel_volume_mm3 / 1000, 2),
+                                      "wholly_outside_true_liver": len(outside)}
+            if tumor is not None:
                 row[f"tumor_dice_{which}"] = round(dice(result.tumor.array, tumor), 4)
         results[name] = row
         print(name, json.dumps(row), flush=True)
