@@ -5,12 +5,18 @@ median HU of the liver away from tumors: 1). The outline step (core/outline.py) 
 EDGE_FRACTION of that way; this says how far each half's annotation went. Reports only: nothing is
 chosen from it.
 
-    .venv/bin/python benchmarks/real_case_rims.py       # seconds; writes results/real_case_rims.json
+    .venv/bin/python benchmarks/real_case_rims.py [--models M ...]   # seconds; results/real_case_rims.json
+
+--models: Retrain model folders (e.g. real_case.py's cached benchmarks/work/real_case/engine*/
+retrain_s0_m5_stepsdefault/library/models/v001): for each, how much of B's tumor volume it covers
+and how deep inside the truth the voxels it leaves out lie.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -49,15 +55,38 @@ def rims(image, labels) -> dict:
             "first_outside_median": round(float(np.nanmedian(outsides)), 3)}
 
 
-def main() -> dict:
+def missed_depths(image, labels, model_folder: Path) -> dict:
+    """A model's coverage of the tumor volume and the share of what it misses within r mm of the
+    truth's edge."""
+    from LiverTumorSegLib.core.inference import segment
+    from LiverTumorSegLib.storage.modelstore import load_model
+
+    truth = labels.array == 2
+    depth = ndimage.distance_transform_edt(truth, sampling=image.spacing_zyx)
+    predicted = segment(image, labels.array > 0, load_model(model_folder)).tumor.array > 0
+    missed = depth[truth & ~predicted]
+    return {"model": str(model_folder), "covered": round(float((truth & predicted).sum() / truth.sum()), 3),
+            "missed_within_mm": {f"{r:g}": round(float((missed <= r).mean()), 3) for r in (1.5, 3.0, 4.5, 6.0)},
+            "truth_within_3mm": round(float((depth[truth] <= 3.0).mean()), 3)}
+
+
+def main(argv=None) -> dict:
     from LiverTumorSegLib.evaluation.real_case import find_real_case, read_real_case, split_halves
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, nargs="*", default=[])
+    args = parser.parse_args(argv)
+    bc.set_threads(1)
     image, labels = read_real_case(*find_real_case(fetch_case(bc.WORK_DIR / "real_case_data")))
-    result = {name: rims(*half) for name, half in split_halves(image, labels).items()}
-    for name, row in result.items():
+    halves = split_halves(image, labels)
+    result = {"halves": {name: rims(*half) for name, half in halves.items()},
+              "missed_on_B": [missed_depths(*halves["B"], folder) for folder in args.models]}
+    for name, row in result["halves"].items():
         print(name, row)
+    for row in result["missed_on_B"]:
+        print("B", row)
     bc.write_json(bc.RESULTS_DIR / "real_case_rims.json",
-                  {**bc.result_header("real_case_rims", "real_case_rims.py", "full", {"min_tumor_mm3": MIN_TUMOR_MM3}), "halves": result})
+                  {**bc.result_header("real_case_rims", "real_case_rims.py", "full", {"min_tumor_mm3": MIN_TUMOR_MM3}), **result})
     return result
 
 
