@@ -426,7 +426,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _takeTotalSegmentatorLiver(self) -> None:
         """TotalSegmentator's liver into the output's 'Liver' segment, which then becomes the chosen
         liver segment (to correct; what Segment searches and Add case stores). TotalSegmentator's
-        process blocks: its log lines keep the panel painted meanwhile."""
+        process blocks: its log lines keep the panel painted meanwhile, and the panel is disabled
+        until it returns, so the CT, the output and the choices cannot change under it (and no
+        Cancel is offered that could not cancel it)."""
         p = self._parameterNode
 
         def showLog(text) -> None:
@@ -434,12 +436,21 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.segmentStatusLabel.text = _("TotalSegmentator: {line}").format(line=text.strip()[:120])
             slicer.app.processEvents()
 
+        def confirmInstall() -> bool:
+            return slicer.util.confirmOkCancelDisplay(
+                _("TotalSegmentator needs its own Python packages (hundreds of MB, several minutes to install; "
+                  "its model weights are downloaded on first use). Install them now?"),
+                _("Install TotalSegmentator's packages"))
+
+        ct, output = p.inputVolume, p.outputSegmentation
         self._runningTotalSegmentator = True
         self._checkCanApply()
+        self.parent.enabled = False
         try:
             self.ui.segmentStatusLabel.text = _("Finding the liver with TotalSegmentator (minutes on a CPU)...")
-            output, liverId = self.logic.liverFromTotalSegmentator(p.inputVolume, p.outputSegmentation, log=showLog)
+            output, liverId = self.logic.liverFromTotalSegmentator(ct, output, log=showLog, confirmInstall=confirmInstall)
         finally:
+            self.parent.enabled = True
             self._runningTotalSegmentator = False
         with slicer.util.NodeModify(p.parameterNode):
             p.outputSegmentation = output

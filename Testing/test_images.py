@@ -442,3 +442,17 @@ def test_raw_nrrd_reader_declines_what_it_cannot_read_exactly(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(array[0]), str(flat), False)
     sitk.WriteImage(sitk.GetImageFromArray(array), str(nifti))
     assert [images.read_raw_nrrd(p) for p in (compressed, truncated, flat, nifti)] == [None] * 4
+
+
+def test_a_cropped_volume_stays_where_it_was_in_space():
+    """Volume.cropped: every voxel of the part keeps its physical (LPS) position, on an oblique grid,
+    whatever the slices' starts (none, positive, negative)."""
+    from LiverTumorSegLib.volume import Volume
+
+    direction = Rotation.from_euler("xyz", [10, -20, 30], degrees=True).as_matrix().ravel()
+    whole = Volume(np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8), (0.7, 0.8, 2.5), (-100.0, 20.0, 5.0), direction)
+    part = whole.cropped(np.s_[1:5, :, -5:-1])
+    np.testing.assert_array_equal(part.array, whole.array[1:5, :, 3:7])
+    assert part.spacing == whole.spacing and part.direction == whole.direction
+    corners = np.array([[0, 0, 0], [3, 6, 3], [2, 1, 0]])
+    np.testing.assert_allclose(part.index_to_lps(corners), whole.index_to_lps(corners + [1, 0, 3]), atol=1e-9)

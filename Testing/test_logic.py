@@ -832,6 +832,13 @@ def totalsegmentator_output(scene, ct, liver_mask, class_ids=True):
     and setTerminology): segment IDs are its class names, names the standard labels, terminology
     tagged; the liver comes after its vessels and among other organs. `class_ids=False`: IDs as a
     reloaded or exported file may have them (Segment_1...), so only terminology and names tell."""
+    node = mrml.new_segmentation_node(scene, ct, "CT TotalSegmentator")
+    fill_like_totalsegmentator(node, ct, totalsegmentator_structures(liver_mask), class_ids)
+    return node
+
+
+def totalsegmentator_structures(liver_mask) -> list:
+    """(class name, name, terminology, mask) of the structures totalsegmentator_output holds."""
     shape = liver_mask.shape
     spleen = np.zeros(shape, bool)
     spleen[:, :10, :10] = True
@@ -847,13 +854,15 @@ def totalsegmentator_output(scene, ct, liver_mask, class_ids=True):
         ("liver", "Liver", ts_terminology(ANATOMY, LIVER), liver_mask),
         ("kidney_left", "Left kidney", ts_terminology(ANATOMY, ("SCT", "64033007", "Kidney")), spleen[::-1]),
     ]
-    node = mrml.new_segmentation_node(scene, ct, "CT TotalSegmentator")
+    return structures
+
+
+def fill_like_totalsegmentator(node, ct, structures, class_ids=True) -> None:
     for n, (class_name, name, terminology, mask) in enumerate(structures, start=1):
         segment_id = class_name if class_ids else f"Segment_{n}"
         node.GetSegmentation().AddEmptySegment(segment_id, name, [0.5, 0.5, 0.5])
         mrml.write_segment(node, mask, ct, segment_id=segment_id)
         mrml.set_terminology(node.GetSegmentation().GetSegment(segment_id), terminology)
-    return node
 
 
 def test_liver_sources_here_are_automatic_and_a_segment_and_totalsegmentator_is_refused(logic, scene, ct):
@@ -926,3 +935,101 @@ def test_a_segmentation_without_a_liver_is_refused_with_the_fix(logic, scene, ct
     empty = totalsegmentator_output(scene, ct, np.zeros_like(truth))
     with pytest.raises(InputError, match="liver segment of 'CT TotalSegmentator' is empty"):
         logic.takeLiver(empty, ct)
+
+
+class StandInTotalSegmentator:
+    """A stand-in for the TotalSegmentator extension's module file (not installable here), with
+    the surface runTotalSegmentator uses, as SlicerTotalSegmentator's TotalSegmentator.py (6a82370)
+    defines it: TotalSegmentatorLogic with logCallback, setupPythonRequirements() (raises
+    InstallError, with restartRequired) and process(inputVolume, outputSegmentation, quality=None,
+    cpu=False, task=None, subset=None, interactive=False, sequenceBrowserNode=None), which fills the
+    output node in the real scene, or raises CalledProcessError as when TotalSegmentator fails."""
+
+    def __init__(self, ct, liver_mask, install_error=None, fail=False):
+        stand_in = self
+        self.calls = []
+
+        class InstallError(Exception):
+            def __init__(self, message, restartRequired=False):
+                super().__init__(message)
+                self.restartRequired = restartRequired
+
+        class TotalSegmentatorLogic:
+            def __init__(self):
+                self.logCallback = None
+
+            def setupPythonRequirements(self, upgrade=False):
+                stand_in.calls.append("setup")
+                if install_error is not None:
+                    raise InstallError(install_error, restartRequired="restart" in install_error)
+
+            def process(self, inputVolume, outputSegmentation, quality=None, cpu=False, task=None, subset=None,
+                        interactive=False, sequenceBrowserNode=None):
+                stand_in.calls.append(("process", inputVolume.GetID(), quality, cpu, task, subset, interactive))
+                self.logCallback("Predicting...")
+                if fail:
+                    import subprocess
+
+                    raise subprocess.CalledProcessError(1, ["TotalSegmentator"])
+                fill_like_totalsegmentator(outputSegmentation, ct, totalsegmentator_structures(liver_mask))
+
+        self.module = type(sys)("TotalSegmentator")
+        self.module.TotalSegmentatorLogic = TotalSegmentatorLogic
+        self.module.InstallError = InstallError
+
+
+@pytest.fixture
+def installed_totalsegmentator(monkeypatch, ct, phantom):
+    """slicer.modules with a totalsegmentator module, and the stand-in importable as TotalSegmentator."""
+    import types
+
+    import slicer
+
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(totalsegmentator=object()), raising=False)
+
+    def install(**kwargs):
+        stand_in = StandInTotalSegmentator(ct, phantom.labels.array > 0, **kwargs)
+        monkeypatch.setitem(sys.modules, "TotalSegmentator", stand_in.module)
+        return stand_in
+
+    return install
+
+
+def test_totalsegmentator_runs_fast_total_and_its_node_goes_once_the_liver_is_taken(logic, scene, ct, phantom,
+                                                                                   installed_totalsegmentator):
+    from LiverTumorSegLib.slicer.liver_sources import totalSegmentatorPackagesInstalled
+
+    stand_in = installed_totalsegmentator()
+    assert logic.liverSources() == ["Automatic", "Liver segment", "TotalSegmentator"]
+    lines, asked = [], []
+    before = count_nodes(scene)
+    node, liver_id = logic.liverFromTotalSegmentator(ct, log=lines.append, confirmInstall=lambda: asked.append(1) or True)
+    assert stand_in.calls == ["setup", ("process", ct.GetID(), True, False, "total", None, False)]  # fast, whole task
+    assert lines == ["Predicting..."]
+    assert asked == ([] if totalSegmentatorPackagesInstalled() else [1])  # asked only while its packages are missing
+    np.testing.assert_array_equal(mrml.segment_to_mask(node, liver_id, ct), phantom.labels.array > 0)
+    after = count_nodes(scene)  # the output (and its display node) with its Liver segment; TotalSegmentator's node removed
+    assert after["vtkMRMLSegmentationNode"] == before.get("vtkMRMLSegmentationNode", 0) + 1, (before, after)
+    assert mrml.segment_ids(node) == [liver_id]
+
+
+def test_totalsegmentator_refusals_name_the_fix_and_leave_the_scene_as_it_was(logic, scene, ct, installed_totalsegmentator):
+    from LiverTumorSegLib.slicer.liver_sources import totalSegmentatorPackagesInstalled
+
+    before = count_nodes(scene)
+    if not totalSegmentatorPackagesInstalled():
+        stand_in = installed_totalsegmentator()
+        with pytest.raises(InputError, match="packages are not installed.*choose Automatic"):
+            logic.liverFromTotalSegmentator(ct, confirmInstall=lambda: False)
+        assert stand_in.calls == []  # nothing installed, nothing run
+    installed_totalsegmentator(install_error="installed; restart required")
+    with pytest.raises(InputError, match="restart Slicer, then segment again"):
+        logic.liverFromTotalSegmentator(ct)
+    installed_totalsegmentator(install_error="pip failed")
+    with pytest.raises(InputError, match="could not install its Python packages \\(pip failed\\)"):
+        logic.liverFromTotalSegmentator(ct)
+    stand_in = installed_totalsegmentator(fail=True)
+    with pytest.raises(InputError, match="TotalSegmentator failed.*choose Automatic"):
+        logic.liverFromTotalSegmentator(ct)
+    assert stand_in.calls[-1][0] == "process"
+    assert count_nodes(scene) == before  # its half-made node removed, no output made

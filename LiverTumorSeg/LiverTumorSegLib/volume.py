@@ -44,6 +44,13 @@ class Volume:
             raise ValueError(f"array shape {array.shape} differs from the grid {self.shape}")
         return Volume(array, self.spacing, self.origin, self.direction)
 
+    def cropped(self, region: tuple) -> "Volume":
+        """The part of the volume a (z, y, x) tuple of slices (step 1) cuts out, in the same place
+        in space: its origin moves to the region's first voxel."""
+        start = [s.indices(n)[0] for s, n in zip(region, self.shape)]
+        origin = self.index_to_lps(np.array([start]))[0]
+        return Volume(np.ascontiguousarray(self.array[region]), self.spacing, tuple(origin), self.direction)
+
     def same_grid(self, other: "Volume", tol: float = 1e-3) -> bool:
         """True when both volumes have the same shape and voxel-to-physical mapping."""
         return (

@@ -35,7 +35,9 @@ MEDIAN_MM = 1.5  # the grid of the median filter
 INPUT_SIZE = (189, 162, 162)  # network input box, RAS (x, y, z) voxels at 3 mm
 MARGIN = 13  # voxels at each end of an axis that the output lacks
 THRESHOLD = 0.5
-BODY_HU = -500.0  # above this is body (for covering a CT longer than one output box, and cut faces)
+# Above this is body (covering a CT longer than one output box; sides that cut through the body):
+# the network input is clipped at -200 HU, the lowest level it can tell from air.
+BODY_HU = -200.0
 # Peak memory: the network's activations on one box, float32 copies on the 1.5 mm grid, bytes per
 # CT voxel; rounded up from benchmarks/liver.py (2.72 GB process peak on 512 x 512 x 200: estimated 3.3).
 NETWORK_BYTES = 2.8e9
@@ -102,16 +104,14 @@ def patches(image: np.ndarray) -> list[liver_grid.Patch]:
     return [liver_grid.Patch((x, y, z), INPUT_SIZE, MARGIN) for x in starts[0] for y in starts[1] for z in starts[2]]
 
 
-def liver_probability(network, image: np.ndarray, progress: Callable[[int, int], None] | None = None,
-                      continue_body: bool = True) -> np.ndarray:
+def liver_probability(network, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The network's liver probability over `image` (RAS, 3 mm): boxes averaged where they
     overlap, the nearest value where none looked. Past a side where the CT's field of view cuts
-    through the body the boxes continue the body instead of filling water (liver_grid.cut_faces);
-    continue_body=False fills water everywhere, as the original (only to measure what that does)."""
+    through the body the boxes continue the body instead of filling water (liver_grid.cut_faces)."""
     import torch
 
     boxes = patches(image)
-    continued = liver_grid.cut_faces(body_of(image)) if continue_body else liver_grid.NOT_CONTINUED
+    continued = liver_grid.cut_faces(body_of(image))
     total = np.zeros(image.shape, dtype=np.float32)
     count = np.zeros(image.shape, dtype=np.uint8)
     for i, box in enumerate(boxes):
@@ -180,13 +180,11 @@ def find_liver(
     ct: Volume,
     network,
     progress: Callable[[dict], None] | None = None,
-    continue_body: bool = True,
 ) -> LiverFound:
     """The liver in a CT (HU): network input, probability, cleaned mask on the CT's grid.
 
     `network` is core.liver_network.LiverUNet (load_liver_network). No plausibility checks here:
     see liver_checks.check_liver. `progress` gets {"stage": "liver", "step", "total"}.
-    continue_body: see liver_probability (False only for the benchmarks).
     """
     seconds = {}
     start = time.perf_counter()
@@ -200,7 +198,7 @@ def find_liver(
             progress({"stage": "liver", "step": i, "total": n, "elapsed_s": time.perf_counter() - start})
 
     t = time.perf_counter()
-    probability = liver_probability(network, image, report, continue_body)
+    probability = liver_probability(network, image, report)
     seconds["network"] = time.perf_counter() - t
     t = time.perf_counter()
     grid_mask = clean_mask(probability)

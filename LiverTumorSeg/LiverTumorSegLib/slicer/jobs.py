@@ -292,20 +292,12 @@ class SegmentThreadJob(_JobState):
         self._failure: str | None = None
         self._updates: queue.Queue = queue.Queue()
         self._done = threading.Event()
-        import torch
-
-        # A new thread starts with OpenMP's default thread count, not the caller's (omp_set_num_threads
-        # is per thread): the same count gives the same bits as segment() on the caller's thread.
-        self._torch_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, args=(model, threshold), name="LiverTumorSeg segment", daemon=True)
         self._thread.start()
 
     def _run(self, model, threshold: float) -> None:
-        import torch
-
         from ..core.inference import segment
 
-        torch.set_num_threads(self._torch_threads)
         try:
             if self.liver is None and self._find_liver is not None:  # found automatically first (InputError if implausible)
                 self.liver = self._find_liver(self.image, self._report)

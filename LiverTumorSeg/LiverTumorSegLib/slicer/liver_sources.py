@@ -36,6 +36,14 @@ def totalSegmentatorInstalled() -> bool:
     return hasattr(getattr(slicer, "modules", None), TOTALSEGMENTATOR_MODULE)
 
 
+def totalSegmentatorPackagesInstalled() -> bool:
+    """True when TotalSegmentator's own Python package (what its setupPythonRequirements installs,
+    from TotalSegmentator.py's totalSegmentatorPythonPackageDownloadUrl) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("totalsegmentator") is not None
+
+
 def liverSegmentIdOf(segmentationNode) -> str | None:
     """The liver segment of a segmentation shaped like TotalSegmentator's output (or any other):
     the segment whose ID is "liver", else the first one whose terminology type is SCT 10200004
@@ -58,7 +66,7 @@ def liverSegmentIdOf(segmentationNode) -> str | None:
     return None
 
 
-def runTotalSegmentator(ctNode, scene, log=None, cpu=False):
+def runTotalSegmentator(ctNode, scene, log=None, cpu=False, confirmInstall=None):
     """TotalSegmentator's "total" task (fast, 3 mm) on the CT, into a new segmentation node;
     blocks until it ends (minutes on a CPU). Inside 3D Slicer with the TotalSegmentator extension only.
 
@@ -73,6 +81,8 @@ def runTotalSegmentator(ctNode, scene, log=None, cpu=False):
     isFastModeSupportedForTask), so the whole task runs rather than subset=["liver"], which
     without a task falls back to full resolution (5-50 minutes on a CPU, its own warning says).
     `logCallback` receives its log lines (`log`: one text argument).
+    `confirmInstall()`: asked (True to go on) before TotalSegmentator's Python packages are
+    installed, when they are not there yet; None installs without asking.
     """
     if not totalSegmentatorInstalled():
         raise InputError("the TotalSegmentator extension is not installed; install it in the Extensions Manager "
@@ -81,6 +91,9 @@ def runTotalSegmentator(ctNode, scene, log=None, cpu=False):
 
     tsLogic = TotalSegmentator.TotalSegmentatorLogic()
     tsLogic.logCallback = log
+    if confirmInstall is not None and not totalSegmentatorPackagesInstalled() and not confirmInstall():
+        raise InputError("TotalSegmentator's Python packages are not installed; install them (the TotalSegmentator "
+                         "module's Apply does it too), or choose Automatic as the liver source")
     try:
         tsLogic.setupPythonRequirements()
     except Exception as error:
@@ -133,13 +146,13 @@ class LiverSources:
         node.SetNodeReferenceID(mrml.CT_ROLE, ctNode.GetID())
         return node, self._writeLiverSegment(node, mask, ctNode, replaceEdited=False)
 
-    def liverFromTotalSegmentator(self, ctNode, outputSegmentationNode=None, log=None, cpu=False):
+    def liverFromTotalSegmentator(self, ctNode, outputSegmentationNode=None, log=None, cpu=False, confirmInstall=None):
         """Run TotalSegmentator on the CT (blocks; inside Slicer only) and `takeLiver` from its
         result, which is then removed from the scene. Returns (segmentationNode, liverSegmentId)."""
         if ctNode is None:
             raise InputError("no CT volume selected; choose the CT to segment")
         self._checkOutput(ctNode, outputSegmentationNode)
-        result = runTotalSegmentator(ctNode, self.scene, log=log, cpu=cpu)
+        result = runTotalSegmentator(ctNode, self.scene, log=log, cpu=cpu, confirmInstall=confirmInstall)
         try:
             return self.takeLiver(result, ctNode, outputSegmentationNode)
         except InputError:
