@@ -66,6 +66,7 @@ def measure_dice(real_case: Path | None) -> dict:
 
     torch.set_num_threads(1)
     network = load_liver_network(liver_model_path())
+    model = load_model(default_model_path())
     results = {}
     for name, ct, truth, tumor in real_cts(real_case):
         start = time.perf_counter()
@@ -85,7 +86,6 @@ def measure_dice(real_case: Path | None) -> dict:
             "plausible": check.plausible, "problems": check.problems, "notes": check.notes,
             "seconds_1_thread": round(seconds, 1),
         }
-        model = load_model(default_model_path())
         for which, liver in (("true_liver", truth), ("found_liver", mask)):
             # the default model's lesions with each liver (in a tumor-free CT all false), and the tumor
             # Dice with the found liver against the same run with the true one
@@ -106,7 +106,8 @@ FIELDS_OF_VIEW = {"whole": (0.0, 0.0), "x 70 %": (0.0, 0.15), "y 70 %": (0.15, 0
 
 
 def in_plane_crop(ct, truth, cut_y: float, cut_x: float):
-    """The CT and its liver with `cut` of each in-plane side removed (a field of view through the body)."""
+    """The CT and its liver with the share `cut_y` / `cut_x` of each in-plane side removed (a field of
+    view through the body)."""
     nz, ny, nx = ct.shape
     keep = np.s_[:, int(cut_y * ny):ny - int(cut_y * ny), int(cut_x * nx):nx - int(cut_x * nx)]
     return ct.cropped(keep), truth[keep]
