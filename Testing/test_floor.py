@@ -51,7 +51,7 @@ def test_a_floor_whose_lesions_are_mostly_not_tumor_is_not_kept():
     assert data["fit"]["lesion_precision"] < MIN_FLOOR_PRECISION
     assert "not kept" in data["why"] and "1 of its 3 lesions" in data["why"]
     assert floor_of(type("Model", (), {"meta": {"intensity_floor": data}})()) is None
-    assert floor_of(type("Model", (), {"meta": {}})()) is None  # the default model has none
+    assert floor_of(type("Model", (), {"meta": {}})()) is None  # an older model without either floor
 
 
 def test_a_floor_that_does_not_carry_from_one_case_to_the_next_is_not_kept():

@@ -184,6 +184,7 @@ def test_save_load_round_trip_gives_the_same_segmentation(trained, tmp_path):
 def test_fine_tuning_starts_from_the_model_and_replays_all_cases(trained, cases, tmp_path):
     model, _ = trained
     parent = load_model(save_model(model, tmp_path / "v001"))
+    parent.meta["relative_floor"] = {"below_liver_hu": 30.0}  # as the shipped default model carries one
     new_case = as_case(14)
     tuned = train_model(cases + [new_case], quick_settings(max_steps=4, seed=1), init=parent)
     assert tuned.meta["parent"] == "v001"
@@ -191,6 +192,7 @@ def test_fine_tuning_starts_from_the_model_and_replays_all_cases(trained, cases,
     assert tuned.spec == model.spec and tuned.feature_settings == model.feature_settings
     assert tuned.meta["spot_detector"] == parent.meta["spot_detector"] is not None  # kept, not refitted on the few new cases
     assert tuned.meta["intensity_floor"]["fit"]["lesions"] > 0  # refitted on the user's cases
+    assert tuned.meta["relative_floor"] == parent.meta["relative_floor"]  # set per CT, not fitted: passed on
     assert 0 < tuned.meta["user_share"] < 1
     # Four small steps from the parent stay near it; a fresh network is far away.
     p, t = model.network.state_dict(), tuned.network.state_dict()

@@ -1,8 +1,9 @@
-"""What the intensity floor (core/floor.py) and the outline step (core/outline.py) cost `segment` on
-a full-size CT: the shipped default model (which has no floor) with its lesions as the network drew
-them, as the product draws them (out to their edges), and with a floor written into its model.json,
-on speed.py's 512 x 512 x 200 phantom, one torch thread, `--repeats` timed rounds after one warm-up
-(each round runs every variant once, so a busy machine slows all of them alike).
+"""What the floors (core/floor.py, core/relative_floor.py) and the outline step (core/outline.py) cost
+`segment` on a full-size CT: the shipped default model without its relative floor, with its lesions
+as the network drew them and out to their edges; as shipped (relative floor on); and with an
+intensity floor written into its model.json, on speed.py's 512 x 512 x 200 phantom, one torch
+thread, `--repeats` timed rounds after one warm-up (each round runs every variant once, so a busy
+machine slows all of them alike).
 
 The floor is 91 HU (the one Retrain fits on the real case's half A), not fitted on this phantom:
 its liver is brighter, so the floor marks a few hundred spots, each of which passes the speck and
@@ -41,10 +42,13 @@ def main(argv=None) -> dict:
     image_path, liver_path = speed.make_volume(args.slices, 512, folder)
     image = images.read_image(image_path)
     liver = images.read_liver_mask(liver_path, image)
-    plain = load_model(default_model_path())
-    floored = copy.copy(plain)
-    floored.meta = {**plain.meta, "intensity_floor": FLOOR}
-    variants = {"default model, lesions as drawn": (plain, False), "default model": (plain, True),
+    shipped = load_model(default_model_path())
+    plain = copy.copy(shipped)  # as shipped before the relative floor (core/relative_floor.py)
+    plain.meta = {k: v for k, v in shipped.meta.items() if k != "relative_floor"}
+    floored = copy.copy(shipped)
+    floored.meta = {**shipped.meta, "intensity_floor": FLOOR}
+    variants = {"default model, lesions as drawn, no relative floor": (plain, False),
+                "default model, no relative floor": (plain, True), "default model": (shipped, True),
                 "default model + floor": (floored, True)}
     runs = {name: [] for name in variants}
     for round_ in range(args.repeats + 1):  # round 0 is the warm-up

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LiverTumorSeg"))
 
 from LiverTumorSegLib.core.floor import fit_threshold_baseline  # noqa: E402
+from LiverTumorSegLib.core.relative_floor import default_relative_floor  # noqa: E402
 from LiverTumorSegLib.cli import make_progress_printer  # noqa: E402
 from LiverTumorSegLib.core.inference import segment  # noqa: E402
 from LiverTumorSegLib.evaluation.metrics import evaluate_case, summarize  # noqa: E402
@@ -118,6 +119,7 @@ def main() -> int:
     print(f"trained in {time.perf_counter() - t0:.0f} s, validation {model.meta['validation']}")
     # Not on the training data: its real CTs are the backgrounds of the benchmarks' test sets.
     model.meta["spot_detector"] = default_spot_pass()
+    model.meta["relative_floor"] = default_relative_floor()
 
     model.meta["training_data"] = {
         "phantoms": f"{args.phantoms} full-size phantoms (phantom.py, seeds 100-{99 + args.phantoms}, max 96 slices)"

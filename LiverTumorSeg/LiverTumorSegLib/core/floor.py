@@ -10,8 +10,10 @@ one patient and scanner intensity is most of the answer (on the real case's dome
 a model trained on the user's cases carries the floor fitted on those cases (model.json
 "intensity_floor"), and segment adds every floor lesion the network left out, so Retrain never
 finds fewer lesions than its own floor. Absolute HU belongs to one scanner and contrast phase:
-the shipped default model, trained on phantoms, has none, and a floor whose lesions are mostly
-false, on the training cases or from one of them to the next, is not kept (fit_intensity_floor).
+the shipped default model, trained on phantoms, has none (it carries a floor set relative to each
+CT's liver instead, relative_floor.py, which segment applies after this one), and a floor whose
+lesions are mostly false, on the training cases or from one of them to the next, is not kept
+(fit_intensity_floor).
 """
 
 from __future__ import annotations
@@ -75,17 +77,22 @@ class ThresholdBaseline:
 
 
 def floor_of(model) -> ThresholdBaseline | None:
-    """The model's intensity floor (model.json "intensity_floor"), or None (the default model,
-    older models, or none was kept)."""
+    """The model's intensity floor fitted on the user's cases (model.json "intensity_floor"), or
+    None (the default model, older models, or none was kept)."""
     data = (getattr(model, "meta", None) or {}).get("intensity_floor")
     if not data or data.get("threshold_hu") is None:
         return None
     try:
         return ThresholdBaseline.from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
-        from ..errors import ModelError
+        raise unreadable("intensity floor", error) from error
 
-        raise ModelError(f"the model's intensity floor in model.json is unreadable ({error}); retrain the model") from error
+
+def unreadable(what: str, error: Exception) -> Exception:
+    """The error for a floor entry of model.json that cannot be read."""
+    from ..errors import ModelError
+
+    return ModelError(f"the model's {what} in model.json is unreadable ({error}); retrain the model")
 
 
 def smoothed_hu(image: Volume, liver: np.ndarray, sigma_mm: float) -> np.ndarray:

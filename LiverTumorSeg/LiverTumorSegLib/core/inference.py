@@ -1,6 +1,6 @@
 """Segment tumors in one CT with a trained model: prepare -> network over the liver box -> back to
-the CT grid -> the spot pass (spots.py) -> the lesions of the model's intensity floor that the
-network left out (floor.py) -> each lesion out to its own edge (outline.py) -> threshold inside
+the CT grid -> the spot pass (spots.py) -> the lesions of the model's floors that the network
+left out (floor.py, relative_floor.py) -> each lesion out to its own edge (outline.py) -> threshold inside
 the liver -> drop specks -> lesion table.
 
 Why no sliding window: small windows at 50% overlap compute each voxel ~8 times, and one window
@@ -23,8 +23,8 @@ from scipy import ndimage
 from ..errors import InputError
 from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions, lesion_table
 from .features import prepare_case
-from .floor import floor_of
 from .outline import grow_to_edges
+from .relative_floor import floors_of
 from .spots import detector_of
 from ..volume import Volume
 
@@ -92,12 +92,13 @@ def segment(
         t = time.perf_counter()
         detector.add_to(probability, image, liver, float(model.threshold), within=box)
         timings["spots_s"] = time.perf_counter() - t
-    floor = floor_of(model)
-    if floor is not None and liver is not None:  # the lesions of the floor fitted on the user's cases (floor.py)
-        t = time.perf_counter()
+    floors = floors_of(model) if liver is not None else []
+    t = time.perf_counter()
+    for floor in floors:  # the lesions the network left out: the user's fitted floor, the relative one (floor.py)
         found = mask_from_probability(probability[rim], liver[rim], float(model.threshold), image.spacing_zyx,
                                       model.min_lesion_mm3)
         floor.add_missed_lesions(probability, image, liver, float(model.threshold), rim, found)
+    if floors:
         timings["floor_s"] = time.perf_counter() - t
     if edges and liver is not None:  # each lesion out to its own edge in HU (outline.py)
         t = time.perf_counter()

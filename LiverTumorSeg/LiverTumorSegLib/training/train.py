@@ -94,6 +94,9 @@ def train_model(
     meta["user_share"] = round(user / max(user + len(rehearsal), 1), 3)  # of the cases a patch is drawn from
     meta["spot_detector"] = _spot_detector(cases, init, settings, clock)
     meta["intensity_floor"] = _intensity_floor(cases, settings, clock)
+    # The floor relative to each CT's liver (core/relative_floor.py) is the parent's: it is set per
+    # CT, not fitted; segment adds its lesions after the intensity floor's (relative_floor.floors_of).
+    meta["relative_floor"] = None if init is None else init.meta.get("relative_floor")
     meta["total_seconds"] = round(time.perf_counter() - start, 1)
     averaged.eval()
     model = TrainedModel(averaged, spec, features, validation["threshold"], settings.min_lesion_mm3, meta)
