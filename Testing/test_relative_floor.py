@@ -39,7 +39,7 @@ AT_THE_EDGE = ball((36, 20, 44), 4)  # a dark spot with fat in it (partial volum
 CYST = ball((10, 44, 44), 4)  # water density
 
 
-def liver_case(liver_hu=110.0, dark_hu=70.0, shift=0.0, seed=0):
+def liver_case(liver_hu=110.0, dark_hu=60.0, shift=0.0, seed=0):
     """A liver (1 mm voxels, noise 8 HU) holding the dark structures above: (image, liver)."""
     rng = np.random.default_rng(seed)
     liver = np.zeros(SHAPE, bool)
@@ -83,15 +83,38 @@ def test_the_floor_follows_the_liver_not_an_absolute_hu():
     np.testing.assert_array_equal(here[near_spot], there[near_spot])
     absolute = ThresholdBaseline(threshold_hu=90.0)
     assert absolute.segment(image, liver)[SPOT].any()
-    assert absolute.segment(brighter, liver)[SPOT].mean() < 0.1  # the spot at 110 HU is above 90: lost
+    assert absolute.segment(brighter, liver)[SPOT].mean() < 0.1  # the spot, now at 100 HU, is above 90: lost
+
+
+def test_a_spot_on_one_thick_slice_is_round_not_a_vessel():
+    """On 5 mm slices an 8 mm metastasis lies on one slice: as a solid body it is about as deep as
+    it is wide. A vessel in the same slice is still long."""
+    spacing = (5.0, 0.8, 0.8)
+    z, y, x = np.indices((5, 41, 41))
+    spot = (((z - 2) * 5.0) ** 2 + ((y - 20) * 0.8) ** 2 + ((x - 20) * 0.8) ** 2) <= 4.0**2
+    vessel = (z == 2) & (np.abs((y - 20) * 0.8) <= 2.0) & (np.abs((x - 20) * 0.8) <= 15.0)
+    assert np.unique(z[spot]).tolist() == [2]
+    assert elongation(spot, spacing) < 1.5 < RelativeFloor().max_elongation * 1.5 < elongation(vessel, spacing)
 
 
 def test_an_unenhanced_liver_gets_no_floor():
     """Without contrast the liver is 50-65 HU and its vessels are darker than it everywhere (the
-    spot here is 28 HU: above water, so only the gate keeps it out)."""
-    image, liver = liver_case(liver_hu=65.0, dark_hu=28.0)
+    spot here is 25 HU: above water, so only the gate keeps it out)."""
+    image, liver = liver_case(liver_hu=70.0, dark_hu=25.0)
     assert added_by(RelativeFloor(), image, liver)[0] == 0
     assert added_by(RelativeFloor(min_liver_hu=40.0), image, liver)[0] == 1
+
+
+def test_the_liver_level_leaves_out_the_lesions_already_found():
+    """A liver more than half filled with found tumor: its parenchyma is still 110 HU, so the spot
+    is still 50 HU below it (the median over the whole liver would sit at the tumor's 60 HU)."""
+    image, liver = liver_case()
+    burden = np.zeros(SHAPE, bool)
+    burden[2:46, 4:60, 28:60] = True
+    array = image.array.copy()
+    array[burden] = 60.0
+    count, added = added_by(RelativeFloor(), image.with_array(array), liver, found=burden)
+    assert count == 1 and added[SPOT].any()
 
 
 def test_a_spot_the_network_already_found_keeps_the_networks_outline():
@@ -148,3 +171,4 @@ def test_the_default_model_finds_a_small_dark_spot_in_a_real_contrast_ct(default
     found = segment(painted, liver, default_model).tumor.array > 0
     components, count = label_lesions(found)
     assert count == 1 and found[spot].mean() > 0.5
+    assert not segment(painted, liver, without_relative_floor(default_model)).tumor.array.any()  # the network alone misses it
