@@ -34,6 +34,8 @@ from ..volume import Volume
 
 @dataclass
 class RelativeFloor:
+    """The floor's settings, as model.json "relative_floor" stores them (HU, mm, mm3)."""
+
     below_liver_hu: float = 35.0
     max_elongation: float = 2.0  # largest over smallest principal spread (mm) of a lesion (elongation())
     max_diameter_mm: float = 20.0  # equivalent-sphere diameter
