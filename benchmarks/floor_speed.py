@@ -22,6 +22,7 @@ from pathlib import Path
 
 import benchcommon as bc
 import speed
+from relative_floor import without_floor
 
 FLOOR = {"threshold_hu": 91.0, "sigma_mm": 1.0, "min_lesion_mm3": 50.0}
 
@@ -43,8 +44,7 @@ def main(argv=None) -> dict:
     image = images.read_image(image_path)
     liver = images.read_liver_mask(liver_path, image)
     shipped = load_model(default_model_path())
-    plain = copy.copy(shipped)  # as shipped before the relative floor (core/relative_floor.py)
-    plain.meta = {k: v for k, v in shipped.meta.items() if k != "relative_floor"}
+    plain = without_floor(shipped)  # as shipped before the relative floor (core/relative_floor.py)
     floored = copy.copy(shipped)
     floored.meta = {**shipped.meta, "intensity_floor": FLOOR}
     variants = {"default model, lesions as drawn, no relative floor": (plain, False),

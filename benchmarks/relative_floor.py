@@ -47,18 +47,21 @@ def without_floor(model):
 
 
 def choice_cases(real_case: Path):
-    """(name, CT, liver, labels or None): the tumor-free real CTs, then A, A1 and A2 (never B)."""
+    """(name, CT, liver, labels or None, gated): the tumor-free real CTs, then A, A1 and A2 (never B).
+    gated False: the floor's enhanced-liver gate is switched off (the unenhanced CT, to show what
+    the other tests leave there)."""
     from LiverTumorSegLib.evaluation.real_case import find_real_case, read_real_case, split_halves
     from LiverTumorSegLib.storage import images
 
-    for name, ct_name, liver_name in (("tumor-free, unenhanced (example_ct_sm)", "example_ct_sm.nii.gz", "example_ct_sm_liver.nii.gz"),
-                                      ("tumor-free, contrast (example_ct_dicom)", "example_ct_dicom", "example_ct_dicom_liver.nii.gz")):
+    for name, ct_name, liver_name, gated in (
+            ("tumor-free, unenhanced (example_ct_sm)", "example_ct_sm.nii.gz", "example_ct_sm_liver.nii.gz", False),
+            ("tumor-free, contrast (example_ct_dicom)", "example_ct_dicom", "example_ct_dicom_liver.nii.gz", True)):
         ct = images.read_image(DATA / ct_name, keep_integer=True)
-        yield name, ct, images.read_liver_mask(DATA / liver_name, reference=ct), None
+        yield name, ct, images.read_liver_mask(DATA / liver_name, reference=ct), None, gated
     halves = split_halves(*read_real_case(*find_real_case(real_case)))
     inner = split_halves(*halves["A"])
     for name, (ct, labels) in (("A", halves["A"]), ("A1", inner["A"]), ("A2", inner["B"])):
-        yield name, ct, labels.array > 0, labels
+        yield name, ct, labels.array > 0, labels, True
 
 
 def measure_choice(real_case: Path) -> dict:
@@ -70,14 +73,14 @@ def measure_choice(real_case: Path) -> dict:
 
     plain = without_floor(load_model(default_model_path()))
     rows = {}
-    for name, ct, liver, labels in choice_cases(real_case):
+    for name, ct, liver, labels, gated in choice_cases(real_case):
         ct = ct.with_array(ct.array.astype(np.float32))
         found = segment(ct, liver, plain).tumor.array > 0
         row = {"network": _scored(found, labels, score)}
         for offset in OFFSETS_HU:
             for cap in ELONGATIONS:
                 floor = RelativeFloor(below_liver_hu=offset, max_elongation=cap or 1e9,
-                                      min_liver_hu=RelativeFloor.min_liver_hu if "contrast" in name or labels is not None else -1e9)
+                                      min_liver_hu=RelativeFloor.min_liver_hu if gated else -1e9)
                 added = floor.lesions(ct, liver, found)
                 row[f"{offset:g} HU, elongation {cap or 'any'}"] = {"added": label_lesions(added)[1],
                                                                    **_scored(found | added, labels, score)}

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from .floor import floor_of, smoothed_hu, unreadable
-from .lesions import drop_small_lesions, drop_surface_slivers, label_lesions
+from .lesions import drop_small_lesions, drop_surface_slivers, equivalent_diameter_mm, label_lesions
 from ..volume import Volume
 
 
@@ -79,8 +79,7 @@ class RelativeFloor:
         return drop_surface_slivers(added, liver, image.spacing_zyx)
 
     def _looks_like_tumor(self, own: np.ndarray, smooth: np.ndarray, hu: np.ndarray, spacing: np.ndarray) -> bool:
-        volume = float(np.count_nonzero(own)) * float(np.prod(spacing))
-        if 2.0 * (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0) > self.max_diameter_mm:
+        if equivalent_diameter_mm(float(np.count_nonzero(own)) * float(np.prod(spacing))) > self.max_diameter_mm:
             return False
         # The cyst test reads the CT itself: smoothing lifts a small cyst's median above water.
         if float(smooth[own].min()) < self.lowest_hu or float(np.median(hu[own])) <= self.water_hu:
