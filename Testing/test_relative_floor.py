@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from LiverTumorSegLib.core.floor import ThresholdBaseline
 from LiverTumorSegLib.core.inference import segment
@@ -27,8 +28,7 @@ def ball(center, radius_mm):
 
 def tube(z, y, x0, x1, radius_mm):
     """A vessel along x (1 mm voxels)."""
-    _, yy, xx = np.indices(SHAPE)
-    zz = np.indices(SHAPE)[0]
+    zz, yy, xx = np.indices(SHAPE)
     return ((zz - z) ** 2 + (yy - y) ** 2 <= radius_mm**2) & (xx >= x0) & (xx < x1)
 
 
@@ -160,7 +160,7 @@ def test_the_default_model_finds_a_small_dark_spot_in_a_real_contrast_ct(default
     """A 7 mm spot 45 HU darker than the liver, painted deep in the real DICOM series' liver."""
     ct = images.read_image(totalseg_dir / "example_ct_dicom", keep_integer=True)
     liver = images.read_liver_mask(totalseg_dir / "example_ct_dicom_liver.nii.gz", reference=ct)
-    depth = __import__("scipy.ndimage", fromlist=["x"]).distance_transform_edt(liver, sampling=ct.spacing_zyx)
+    depth = ndimage.distance_transform_edt(liver, sampling=ct.spacing_zyx)
     centre = np.unravel_index(int(np.argmax(depth)), liver.shape)
     z, y, x = np.indices(liver.shape)
     sz, sy, sx = ct.spacing_zyx
